@@ -1,0 +1,1 @@
+//! Graft API types: filled in by the cluster-mode work.
