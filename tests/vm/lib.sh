@@ -125,3 +125,91 @@ build_modules() {
             vm_die "$m.ko has vermagic '$(modinfo -F vermagic "$out/$m.ko")', expected $KREL"
     done
 }
+
+# build_agent: builds the static graft-agent; sets AGENT. GRAFT_AGENT=path
+# uses a prebuilt binary instead.
+build_agent() {
+    if [ -n "${GRAFT_AGENT:-}" ]; then
+        AGENT="$GRAFT_AGENT"
+        [ -x "$AGENT" ] || vm_die "GRAFT_AGENT=$AGENT is not an executable"
+        return 0
+    fi
+    vm_log "building the static graft-agent"
+    (cd "$GRAFT_ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+        cargo build --quiet --release -p graft-agent --target x86_64-unknown-linux-gnu) ||
+        vm_die "cargo build of graft-agent failed"
+    AGENT="${CARGO_TARGET_DIR:-$GRAFT_ROOT/target}/x86_64-unknown-linux-gnu/release/graft-agent"
+    [ -x "$AGENT" ] || vm_die "no agent binary at $AGENT"
+    if ldd "$AGENT" >/dev/null 2>&1; then
+        vm_die "$AGENT is dynamically linked; the initramfs has no libc"
+    fi
+}
+
+# build_initramfs <out.cpio> <modules dir> [agent]: a busybox initramfs with
+# /init, the guest scripts under /graft, the modules under /graft/modules and
+# the agent as /graft/bin/graft-agent.
+build_initramfs() {
+    local out="$1" mods="$2" agent="${3:-}" root
+    root="$(dirname "$out")/initramfs-root"
+    rm -rf "$root"
+    mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,run,etc,graft/bin,graft/modules}
+    cp "$(command -v busybox)" "$root/bin/busybox"
+    ln -s busybox "$root/bin/sh"
+    install -m 0755 "$GRAFT_ROOT/tests/vm/guest/init" "$root/init"
+    cp "$GRAFT_ROOT"/tests/vm/guest/*.sh "$root/graft/"
+    cp "$mods"/*.ko "$root/graft/modules/"
+    if [ -n "$agent" ]; then install -m 0755 "$agent" "$root/graft/bin/graft-agent"; fi
+    printf 'root:x:0:0:root:/:/bin/sh\n' >"$root/etc/passwd"
+    # With /dev/console in the archive the kernel opens the console for
+    # /init; without it (no root to mknod) /init reopens it after devtmpfs.
+    mknod "$root/dev/console" c 5 1 2>/dev/null || true
+    (cd "$root" && find . | sort | cpio -o -H newc --owner 0:0 --quiet) >"$out"
+}
+
+# qemu_args <kernel> <initrd> <append> <accel>: sets QEMU_ARGS.
+qemu_args() {
+    QEMU_ARGS=(qemu-system-x86_64 -machine q35 -accel "$4" -smp 2 -m 768
+        -nodefaults -nographic -monitor none -serial stdio -no-reboot
+        -kernel "$1" -initrd "$2"
+        -append "console=ttyS0 panic=-1 oops=panic quiet loglevel=4 $3")
+    if [ "$4" = tcg ]; then QEMU_ARGS+=(-cpu max); fi
+}
+
+# boot_vm <log> <timeout-seconds> <append> [live]: boots the VM with a hard
+# timeout, the serial console going to <log> (and to stderr when live).
+# Returns qemu's status, 124 on timeout.
+boot_vm() {
+    local log="$1" limit="$2" append="$3" live="${4:-}"
+    qemu_args "$KIMAGE" "$INITRD" "$append" "$ACCEL"
+    vm_log "booting $KREL ($ACCEL, timeout ${limit}s): ${append}"
+    local rc=0
+    if [ -n "$live" ]; then
+        timeout --kill-after=5 "$limit" "${QEMU_ARGS[@]}" </dev/null 2>&1 | tr -d '\r' | tee "$log" >&2 || true
+        rc="${PIPESTATUS[0]}"
+    else
+        timeout --kill-after=5 "$limit" "${QEMU_ARGS[@]}" </dev/null 2>&1 | tr -d '\r' >"$log" || true
+        rc="${PIPESTATUS[0]}"
+    fi
+    return "$rc"
+}
+
+# pick_accel: KVM only when a quick probe boot reaches /init; else TCG.
+# The answer is kept per host boot and kernel release. GRAFT_ACCEL=kvm|tcg
+# skips the probe.
+pick_accel() {
+    if [ -n "${GRAFT_ACCEL:-}" ]; then ACCEL="$GRAFT_ACCEL"; return 0; fi
+    ACCEL=tcg
+    [ -r /dev/kvm ] && [ -w /dev/kvm ] || return 0
+    local memo
+    memo="$GRAFT_CACHE/accel-$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo unknown)-$KREL"
+    if [ -s "$memo" ]; then ACCEL="$(cat "$memo")"; vm_log "accelerator for $KREL on this host boot: $ACCEL (probed before)"; return 0; fi
+    ACCEL=kvm
+    # Under TCG this kernel reaches /init in about 4 s, under KVM in about 1 s.
+    if boot_vm "$VMDIR/kvm-probe.log" 12 "graft.mode=probe" && grep -q '@@GRAFT probe ok' "$VMDIR/kvm-probe.log"; then
+        vm_log "KVM boots this kernel: using -accel kvm"
+    else
+        vm_log "KVM cannot boot $KREL here (see $VMDIR/kvm-probe.log): using -accel tcg"
+        ACCEL=tcg
+    fi
+    printf '%s\n' "$ACCEL" >"$memo"
+}
