@@ -1,0 +1,456 @@
+//! The real kernel: syscalls, sysfs and procfs.
+//!
+//! Roots are configurable so the same code reads fake trees in tests and
+//! benchmarks. Only attributes that exist are read: kernels differ
+//! (`patched` 6.1+, `replace` 6.11+, `stack_order` 6.14+, `signal` 4.15–5.0).
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use super::{
+    Kernel, KernelKind, KernelResult, LoadedModule, PatchSysfs, PatchedFunction, PatchedObject,
+    TaskPatchState, TransitionHints, kmsg::KmsgHints,
+};
+use crate::module_file::ModuleInfo;
+
+/// PF_KTHREAD in `/proc/<pid>/stat`'s flags field.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+#[derive(Debug, Clone)]
+pub struct LinuxKernel {
+    sys: PathBuf,
+    proc: PathBuf,
+    kmsg: PathBuf,
+}
+
+impl Default for LinuxKernel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LinuxKernel {
+    pub fn new() -> Self {
+        Self::with_roots("/sys", "/proc", "/dev/kmsg")
+    }
+
+    /// A kernel whose sysfs, procfs and log device live elsewhere (tests, benchmarks).
+    pub fn with_roots(
+        sys: impl Into<PathBuf>,
+        proc: impl Into<PathBuf>,
+        kmsg: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            sys: sys.into(),
+            proc: proc.into(),
+            kmsg: kmsg.into(),
+        }
+    }
+
+    fn livepatch_dir(&self) -> PathBuf {
+        self.sys.join("kernel/livepatch")
+    }
+
+    fn module_dir(&self, name: &str) -> PathBuf {
+        self.sys.join("module").join(name)
+    }
+
+    fn read_module(&self, dir: &Path, name: &str) -> KernelResult<Option<LoadedModule>> {
+        // Built-in "modules" also have a /sys/module directory, but no refcnt.
+        let refcnt = match read_trimmed(&dir.join("refcnt")) {
+            Ok(r) => r.parse().unwrap_or(0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(LoadedModule {
+            name: name.to_string(),
+            refcnt,
+            srcversion: read_optional(&dir.join("srcversion"))?,
+            livepatch: read_optional(&dir.join("taint"))?.is_some_and(|t| t.contains('K')),
+            live: read_optional(&dir.join("initstate"))?.is_none_or(|s| s == "live"),
+        }))
+    }
+}
+
+impl Kernel for LinuxKernel {
+    fn kind(&self) -> KernelKind {
+        KernelKind::Linux
+    }
+
+    fn release(&self) -> KernelResult<String> {
+        read_trimmed(&self.proc.join("sys/kernel/osrelease"))
+    }
+
+    fn boot_id(&self) -> KernelResult<String> {
+        read_trimmed(&self.proc.join("sys/kernel/random/boot_id"))
+    }
+
+    fn livepatch_supported(&self) -> bool {
+        self.livepatch_dir().is_dir()
+    }
+
+    fn patch_names(&self) -> KernelResult<Vec<String>> {
+        let mut names = Vec::new();
+        match fs::read_dir(self.livepatch_dir()) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry?;
+                    if entry.path().is_dir() {
+                        names.push(entry.file_name().to_string_lossy().into_owned());
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn patch(&self, name: &str) -> KernelResult<Option<PatchSysfs>> {
+        let dir = self.livepatch_dir().join(name);
+        // The directory can vanish between any two reads (the unpatch ended):
+        // a missing `enabled` means the patch is gone.
+        let enabled = match read_trimmed(&dir.join("enabled")) {
+            Ok(v) => v == "1",
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let transition = match read_trimmed(&dir.join("transition")) {
+            Ok(v) => v == "1",
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let replace = read_optional(&dir.join("replace"))?.map(|v| v == "1");
+        let stack_order = read_optional(&dir.join("stack_order"))?.and_then(|v| v.parse().ok());
+        let signal_supported = dir.join("signal").exists();
+        let mut objects = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let object_dir = entry.path();
+            let mut functions = Vec::new();
+            for func in fs::read_dir(&object_dir)? {
+                let func = func?;
+                if !func.file_type()?.is_dir() {
+                    continue;
+                }
+                if let Some(f) = parse_function_dir(&func.file_name().to_string_lossy()) {
+                    functions.push(f);
+                }
+            }
+            functions.sort_by(|a, b| a.name.cmp(&b.name));
+            objects.push(PatchedObject {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                patched: read_optional(&object_dir.join("patched"))?.map(|v| v == "1"),
+                functions,
+            });
+        }
+        objects.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Some(PatchSysfs {
+            name: name.to_string(),
+            enabled,
+            transition,
+            replace,
+            stack_order,
+            signal_supported,
+            objects,
+        }))
+    }
+
+    fn set_enabled(&self, name: &str, enabled: bool) -> KernelResult<()> {
+        let value = if enabled { "1" } else { "0" };
+        fs::write(self.livepatch_dir().join(name).join("enabled"), value)
+    }
+
+    fn force(&self, name: &str) -> KernelResult<()> {
+        fs::write(self.livepatch_dir().join(name).join("force"), "1")
+    }
+
+    fn signal(&self, name: &str) -> KernelResult<()> {
+        fs::write(self.livepatch_dir().join(name).join("signal"), "1")
+    }
+
+    fn load_module(&self, path: &Path, _info: &ModuleInfo) -> KernelResult<()> {
+        let file = File::open(path)?;
+        let no_params = CString::default();
+        nix::kmod::finit_module(&file, &no_params, nix::kmod::ModuleInitFlags::empty())
+            .map_err(io::Error::from)
+    }
+
+    fn unload_module(&self, name: &str) -> KernelResult<()> {
+        let name = CString::new(name)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in module name"))?;
+        nix::kmod::delete_module(&name, nix::kmod::DeleteModuleFlags::O_NONBLOCK)
+            .map_err(io::Error::from)
+    }
+
+    fn loaded_module(&self, name: &str) -> KernelResult<Option<LoadedModule>> {
+        self.read_module(&self.module_dir(name), name)
+    }
+
+    fn loaded_livepatch_modules(&self) -> KernelResult<Vec<LoadedModule>> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(self.sys.join("module"))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(m) = self.read_module(&entry.path(), &name)? {
+                if m.livepatch {
+                    found.push(m);
+                }
+            }
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
+    fn task_states(&self) -> KernelResult<Vec<TaskPatchState>> {
+        scan_patch_states(&self.proc)
+    }
+
+    fn task_comm(&self, pid: u32, tid: u32) -> KernelResult<String> {
+        read_trimmed(&self.proc.join(format!("{pid}/task/{tid}/comm")))
+    }
+
+    fn task_stack(&self, pid: u32, tid: u32) -> KernelResult<String> {
+        fs::read_to_string(self.proc.join(format!("{pid}/task/{tid}/stack")))
+    }
+
+    fn task_cgroup(&self, pid: u32) -> KernelResult<String> {
+        fs::read_to_string(self.proc.join(format!("{pid}/cgroup")))
+    }
+
+    fn task_is_kthread(&self, pid: u32) -> KernelResult<bool> {
+        let stat = fs::read_to_string(self.proc.join(format!("{pid}/stat")))?;
+        Ok(stat_flags(&stat).is_some_and(|f| f & PF_KTHREAD != 0))
+    }
+
+    fn transition_hints(&self) -> Box<dyn TransitionHints> {
+        match KmsgHints::open(&self.kmsg) {
+            Ok(h) => Box::new(h),
+            Err(e) => {
+                tracing::debug!(path = %self.kmsg.display(), error = %e,
+                    "kernel log not readable; following transitions by polling only");
+                Box::new(super::NoHints)
+            }
+        }
+    }
+}
+
+/// Reads every thread's `patch_state` under a procfs root. Hot path: with
+/// 10,000 threads this is the bulk of a blocking-task scan, so it reuses one
+/// path buffer and one read buffer.
+pub fn scan_patch_states(proc_root: &Path) -> KernelResult<Vec<TaskPatchState>> {
+    let mut states = Vec::new();
+    let mut path = PathBuf::with_capacity(64);
+    let mut buf = [0u8; 8];
+    for entry in fs::read_dir(proc_root)? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = parse_id(&entry.file_name()) else {
+            continue;
+        };
+        path.clear();
+        path.push(proc_root);
+        path.push(entry.file_name());
+        path.push("task");
+        // A process can exit at any moment: a vanished directory is not an error.
+        let Ok(tasks) = fs::read_dir(&path) else {
+            continue;
+        };
+        for task in tasks {
+            let Ok(task) = task else { continue };
+            let Some(tid) = parse_id(&task.file_name()) else {
+                continue;
+            };
+            let mut file_path = task.path();
+            file_path.push("patch_state");
+            let Ok(mut file) = File::open(&file_path) else {
+                continue;
+            };
+            let Ok(n) = file.read(&mut buf) else { continue };
+            if let Some(state) = parse_patch_state(&buf[..n]) {
+                states.push(TaskPatchState { pid, tid, state });
+            }
+        }
+    }
+    Ok(states)
+}
+
+fn parse_id(name: &std::ffi::OsStr) -> Option<u32> {
+    name.to_str()?.parse().ok()
+}
+
+/// `patch_state` reads "-1\n", "0\n" or "1\n".
+pub fn parse_patch_state(bytes: &[u8]) -> Option<i8> {
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    match text.parse::<i8>().ok()? {
+        s @ -1..=1 => Some(s),
+        _ => None,
+    }
+}
+
+/// A function directory is `<function>,<sympos>`.
+pub fn parse_function_dir(name: &str) -> Option<PatchedFunction> {
+    let (func, pos) = name.rsplit_once(',')?;
+    if func.is_empty() {
+        return None;
+    }
+    Some(PatchedFunction {
+        name: func.to_string(),
+        sympos: pos.parse().ok()?,
+    })
+}
+
+/// The flags field (9th) of `/proc/<pid>/stat`. The comm field may hold
+/// spaces and parentheses, so fields are counted from the last ')'.
+pub fn stat_flags(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // state ppid pgrp session tty_nr tpgid flags
+    after_comm.split_whitespace().nth(6)?.parse().ok()
+}
+
+fn read_trimmed(path: &Path) -> io::Result<String> {
+    Ok(fs::read_to_string(path)?.trim().to_string())
+}
+
+fn read_optional(path: &Path) -> io::Result<Option<String>> {
+    match read_trimmed(path) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, content: &str) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+
+    #[test]
+    fn parses_patch_state_values() {
+        assert_eq!(parse_patch_state(b"-1\n"), Some(-1));
+        assert_eq!(parse_patch_state(b"0\n"), Some(0));
+        assert_eq!(parse_patch_state(b"1"), Some(1));
+        assert_eq!(parse_patch_state(b"2\n"), None);
+        assert_eq!(parse_patch_state(b""), None);
+        assert_eq!(parse_patch_state(b"\xff"), None);
+    }
+
+    #[test]
+    fn parses_function_directories() {
+        assert_eq!(
+            parse_function_dir("cmdline_proc_show,1"),
+            Some(PatchedFunction {
+                name: "cmdline_proc_show".into(),
+                sympos: 1
+            })
+        );
+        assert_eq!(parse_function_dir("a,b,0").unwrap().name, "a,b");
+        assert_eq!(parse_function_dir("patched"), None);
+        assert_eq!(parse_function_dir(",1"), None);
+    }
+
+    #[test]
+    fn reads_kthread_flag_even_with_odd_comm() {
+        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 9 0 0";
+        assert_eq!(stat_flags(kthread), Some(2129984));
+        assert!(stat_flags(kthread).unwrap() & PF_KTHREAD != 0);
+        let user = "812 (my (odd) proc) S 1 812 812 0 -1 4194560 100 0 0 0 1 2 0 0 20 0";
+        assert_eq!(stat_flags(user), Some(4194560));
+        assert!(stat_flags(user).unwrap() & PF_KTHREAD == 0);
+        assert_eq!(stat_flags("garbage"), None);
+    }
+
+    /// A sysfs tree as Debian's 6.1 shows it: no `replace`, no `stack_order`.
+    #[test]
+    fn reads_only_attributes_that_exist() {
+        let root = tempfile::tempdir().unwrap();
+        let lp = root.path().join("sys/kernel/livepatch/graft_demo");
+        write(&lp.join("enabled"), "1\n");
+        write(&lp.join("transition"), "0\n");
+        write(&lp.join("vmlinux/patched"), "1\n");
+        fs::create_dir_all(lp.join("vmlinux/cmdline_proc_show,1")).unwrap();
+        let kernel = LinuxKernel::with_roots(
+            root.path().join("sys"),
+            root.path().join("proc"),
+            root.path().join("kmsg"),
+        );
+        assert!(kernel.livepatch_supported());
+        assert_eq!(kernel.patch_names().unwrap(), vec!["graft_demo"]);
+        let patch = kernel.patch("graft_demo").unwrap().unwrap();
+        assert!(patch.enabled && !patch.transition);
+        assert_eq!(patch.replace, None);
+        assert_eq!(patch.stack_order, None);
+        assert!(!patch.signal_supported);
+        assert_eq!(patch.objects.len(), 1);
+        assert_eq!(patch.objects[0].patched, Some(true));
+        assert_eq!(
+            patch.function_names().collect::<Vec<_>>(),
+            vec!["cmdline_proc_show"]
+        );
+        assert_eq!(kernel.patch("other").unwrap(), None);
+
+        // 6.12 adds `replace`; 6.14 adds `stack_order`.
+        write(&lp.join("replace"), "1\n");
+        write(&lp.join("stack_order"), "2\n");
+        let patch = kernel.patch("graft_demo").unwrap().unwrap();
+        assert_eq!(patch.replace, Some(true));
+        assert_eq!(patch.stack_order, Some(2));
+    }
+
+    #[test]
+    fn kernel_without_livepatch_reports_unsupported() {
+        let root = tempfile::tempdir().unwrap();
+        let kernel = LinuxKernel::with_roots(root.path(), root.path(), root.path().join("k"));
+        assert!(!kernel.livepatch_supported());
+        assert!(kernel.patch_names().unwrap().is_empty());
+    }
+
+    #[test]
+    fn finds_livepatch_modules_by_taint_and_skips_builtins() {
+        let root = tempfile::tempdir().unwrap();
+        let m = root.path().join("module");
+        write(&m.join("graft_demo/refcnt"), "0\n");
+        write(&m.join("graft_demo/taint"), "OEK\n");
+        write(&m.join("graft_demo/initstate"), "live\n");
+        write(&m.join("graft_demo/srcversion"), "ABC\n");
+        write(&m.join("ext4/refcnt"), "2\n");
+        write(&m.join("ext4/taint"), "\n");
+        write(&m.join("printk/parameters/time"), "Y\n");
+        let kernel = LinuxKernel::with_roots(root.path(), root.path(), root.path().join("k"));
+        let found = kernel.loaded_livepatch_modules().unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].name, "graft_demo");
+        assert_eq!(found[0].srcversion.as_deref(), Some("ABC"));
+        assert!(found[0].live);
+        assert_eq!(kernel.loaded_module("printk").unwrap(), None);
+        assert_eq!(kernel.loaded_module("ext4").unwrap().unwrap().refcnt, 2);
+    }
+
+    #[test]
+    fn scans_patch_states_of_every_thread() {
+        let root = tempfile::tempdir().unwrap();
+        write(&root.path().join("1/task/1/patch_state"), "1\n");
+        write(&root.path().join("42/task/42/patch_state"), "0\n");
+        write(&root.path().join("42/task/43/patch_state"), "1\n");
+        write(&root.path().join("self/task/9/patch_state"), "0\n");
+        fs::create_dir_all(root.path().join("77/task/77")).unwrap();
+        let mut states = scan_patch_states(root.path()).unwrap();
+        states.sort_by_key(|s| s.tid);
+        let got: Vec<_> = states.iter().map(|s| (s.pid, s.tid, s.state)).collect();
+        assert_eq!(got, vec![(1, 1, 1), (42, 42, 0), (42, 43, 1)]);
+    }
+}
