@@ -21,6 +21,9 @@ pub const MAX_NODES_NEEDING_ATTENTION: usize = 20;
 
 /// What the admin asks for: the nodes, the module for each kernel release,
 /// the desired state, the rollout pace and the stall policy.
+// Clippy reads the repeated `type_`/`priority` keys of the printcolumns as
+// duplicated attributes; they are separate columns.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "graft.dev",

@@ -20,6 +20,9 @@ pub const MAX_BLOCKING_TASKS: usize = 10;
 /// What the operator wants on one node. Named after the Node and owned by it,
 /// so it goes away with the Node. The operator writes `spec`; only the agent
 /// on that node writes `status`.
+// Clippy reads the repeated `type_`/`priority` keys of the printcolumns as
+// duplicated attributes; they are separate columns.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "graft.dev",
