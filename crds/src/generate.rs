@@ -8,6 +8,7 @@ use std::{
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
+use serde_json::Value;
 
 use crate::{LivePatch, LivePatchNode};
 
@@ -37,18 +38,69 @@ impl CrdFile {
     }
 }
 
-/// Every CRD of Graft's API, in a fixed order.
+/// Every CRD of Graft's API, in a fixed order, as installed: prefer these to
+/// `LivePatch::crd()` when installing CRDs from code (see [`installable`]).
 pub fn crd_files() -> Vec<CrdFile> {
     vec![
         CrdFile {
             file_name: "livepatch.yaml",
-            crd: LivePatch::crd(),
+            crd: installable(LivePatch::crd()),
         },
         CrdFile {
             file_name: "livepatchnode.yaml",
-            crd: LivePatchNode::crd(),
+            crd: installable(LivePatchNode::crd()),
         },
     ]
+}
+
+/// Turns a derived CRD into the installed one: field descriptions, which
+/// come from `///` comments wrapped at 100 columns, are unwrapped into
+/// paragraphs so that `kubectl explain` can wrap them to the terminal.
+pub fn installable(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let mut value = serde_json::to_value(&crd).expect("a CRD serializes to JSON");
+    if let Some(versions) = value
+        .pointer_mut("/spec/versions")
+        .and_then(Value::as_array_mut)
+    {
+        for version in versions {
+            if let Some(schema) = version.pointer_mut("/schema/openAPIV3Schema") {
+                unwrap_descriptions(schema);
+            }
+        }
+    }
+    serde_json::from_value(value).expect("unwrapping descriptions keeps the CRD valid")
+}
+
+fn unwrap_descriptions(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match child {
+                    Value::String(text) if key == "description" => *text = unwrap_paragraphs(text),
+                    // Property names are keys of `properties`, never "description" values.
+                    _ => unwrap_descriptions(child),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
+}
+
+/// Joins the lines of each paragraph with spaces; blank lines separate
+/// paragraphs and are kept.
+fn unwrap_paragraphs(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| {
+            paragraph
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// All CRDs as one multi-document YAML stream (what `crdgen` prints).
@@ -125,4 +177,26 @@ pub fn check_dir(dir: &Path) -> Vec<Drift> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_are_unwrapped_into_paragraphs() {
+        assert_eq!(
+            unwrap_paragraphs("one\ntwo\n\nthree\n  four"),
+            "one two\n\nthree four"
+        );
+        assert_eq!(unwrap_paragraphs("single line"), "single line");
+    }
+
+    #[test]
+    fn installed_crds_have_no_wrapped_descriptions() {
+        for file in crd_files() {
+            let text = file.render();
+            assert!(!text.contains("description: |-"), "{}", file.file_name);
+        }
+    }
 }

@@ -18,7 +18,7 @@ use graft_crds::{LivePatch, LivePatchNode};
 const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
 fn schema_of<K: CustomResourceExt>() -> Value {
-    let crd = K::crd();
+    let crd = graft_crds::generate::installable(K::crd());
     let schema = crd.spec.versions[0]
         .schema
         .as_ref()
