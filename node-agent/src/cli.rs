@@ -320,18 +320,18 @@ impl Observer for CliObserver {
                 tracing::info!(patch = p.patch, state = %p.state, "{message}");
             }
         }
-        if self.live {
-            if let Some(c) = p.census {
-                eprint!(
-                    "\r\x1b[Ktransition ({}): {}/{} tasks switched, {:.1}s",
-                    p.target.as_str(),
-                    c.switched,
-                    c.total,
-                    p.elapsed.as_secs_f64()
-                );
-                let _ = std::io::stderr().flush();
-                self.live_line_open = true;
-            }
+        if self.live
+            && let Some(c) = p.census
+        {
+            eprint!(
+                "\r\x1b[Ktransition ({}): {}/{} tasks switched, {:.1}s",
+                p.target.as_str(),
+                c.switched,
+                c.total,
+                p.elapsed.as_secs_f64()
+            );
+            let _ = std::io::stderr().flush();
+            self.live_line_open = true;
         }
         ControlFlow::Continue(())
     }
@@ -435,7 +435,9 @@ fn execute(cli: Cli) -> Result<i32, Failure> {
                         check: a.check,
                     };
                     let mut observer = CliObserver::new(json);
-                    let out = patcher.apply(&a.module, &opts, &mut observer).map_err(fail)?;
+                    let out = patcher
+                        .apply(&a.module, &opts, &mut observer)
+                        .map_err(fail)?;
                     drop(observer);
                     finish(json, &out)
                 }
@@ -446,7 +448,9 @@ fn execute(cli: Cli) -> Result<i32, Failure> {
                         check: r.check,
                     };
                     let mut observer = CliObserver::new(json);
-                    let out = patcher.revert(&r.patch, &opts, &mut observer).map_err(fail)?;
+                    let out = patcher
+                        .revert(&r.patch, &opts, &mut observer)
+                        .map_err(fail)?;
                     drop(observer);
                     finish(json, &out)
                 }
@@ -492,7 +496,11 @@ pub struct InspectReport {
     pub modinfo: std::collections::BTreeMap<String, Vec<String>>,
 }
 
-fn inspect(patcher: &Patcher<'_>, path: &Path, sha256: Option<&str>) -> crate::error::Result<InspectReport> {
+fn inspect(
+    patcher: &Patcher<'_>,
+    path: &Path,
+    sha256: Option<&str>,
+) -> crate::error::Result<InspectReport> {
     let info = module_file::inspect_file(path)?;
     let release = patcher
         .kernel()
@@ -517,7 +525,16 @@ fn parse_errno(text: &str) -> Result<i32, String> {
     }
     use nix::errno::Errno::*;
     let known = [
-        EPERM, ENOENT, ENOEXEC, EEXIST, EBUSY, EINVAL, EKEYREJECTED, ENOMEM, EFAULT, ENOKEY,
+        EPERM,
+        ENOENT,
+        ENOEXEC,
+        EEXIST,
+        EBUSY,
+        EINVAL,
+        EKEYREJECTED,
+        ENOMEM,
+        EFAULT,
+        ENOKEY,
     ];
     known
         .iter()
@@ -600,7 +617,9 @@ fn sim_command(cmd: SimCommand, json: bool) -> Result<i32, Failure> {
         SimCommand::ReleaseTask { dir, comm } => {
             let n = open(&dir)?.release_task(&comm).map_err(io)?;
             if n == 0 {
-                return Err(Failure::usage(format!("no simulated task is named {comm:?}")));
+                return Err(Failure::usage(format!(
+                    "no simulated task is named {comm:?}"
+                )));
             }
             said(
                 serde_json::json!({"simulation": true, "released": n}),
@@ -609,9 +628,7 @@ fn sim_command(cmd: SimCommand, json: bool) -> Result<i32, Failure> {
         }
         SimCommand::FailNextLoad { dir, errno, module } => {
             let errno = parse_errno(&errno).map_err(Failure::usage)?;
-            open(&dir)?
-                .fail_next_load(module, errno)
-                .map_err(io)?;
+            open(&dir)?.fail_next_load(module, errno).map_err(io)?;
             said(
                 serde_json::json!({"simulation": true, "errno": errno}),
                 format!("the next load will fail with errno {errno}"),
@@ -626,7 +643,10 @@ fn sim_command(cmd: SimCommand, json: bool) -> Result<i32, Failure> {
         }
         SimCommand::Log { dir } => {
             let log = open(&dir)?.log().map_err(io)?;
-            said(serde_json::json!({"simulation": true, "log": log}), log.join("\n"));
+            said(
+                serde_json::json!({"simulation": true, "log": log}),
+                log.join("\n"),
+            );
         }
         SimCommand::BuildModule {
             name,
@@ -639,7 +659,9 @@ fn sim_command(cmd: SimCommand, json: bool) -> Result<i32, Failure> {
             output,
         } => {
             if !module_file::is_valid_module_name(&name) {
-                return Err(Failure::usage(format!("{name:?} is not a valid module name")));
+                return Err(Failure::usage(format!(
+                    "{name:?} is not a valid module name"
+                )));
             }
             let mut spec = sim::SimModuleSpec {
                 replace,

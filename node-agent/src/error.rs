@@ -44,7 +44,9 @@ pub enum AgentError {
         module_release: String,
         kernel_release: String,
     },
-    #[error("sha256 mismatch for {path}: expected {expected}, file has {actual}; the file is not the one you pinned")]
+    #[error(
+        "sha256 mismatch for {path}: expected {expected}, file has {actual}; the file is not the one you pinned"
+    )]
     Sha256Mismatch {
         path: PathBuf,
         expected: String,
@@ -77,7 +79,9 @@ pub enum AgentError {
     },
     #[error("could not unload module {module}: {detail}")]
     UnloadFailed { module: String, detail: String },
-    #[error("another transition is in progress (patch {patch}); the kernel runs one at a time, try again when it has finished")]
+    #[error(
+        "another transition is in progress (patch {patch}); the kernel runs one at a time, try again when it has finished"
+    )]
     Busy { patch: String },
     #[error("another graft-agent operation holds {lock}; try again when it has finished")]
     AgentLocked { lock: PathBuf },

@@ -77,7 +77,10 @@ impl StateDir {
 
     fn ensure(&self) -> Result<()> {
         fs::create_dir_all(self.path.join("transitions")).map_err(|e| {
-            AgentError::kernel(format!("creating state directory {}", self.path.display()), e)
+            AgentError::kernel(
+                format!("creating state directory {}", self.path.display()),
+                e,
+            )
         })
     }
 

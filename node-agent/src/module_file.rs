@@ -106,7 +106,9 @@ pub fn inspect_bytes(path: &Path, bytes: &[u8]) -> Result<ModuleInfo> {
         _ => name_from_path(path),
     };
     if !is_valid_module_name(&name) {
-        return Err(not_a_module(format!("its module name {name:?} is not valid")));
+        return Err(not_a_module(format!(
+            "its module name {name:?} is not valid"
+        )));
     }
     let depends = first("depends")
         .map(|d| {
@@ -145,12 +147,12 @@ pub fn parse_modinfo(data: &[u8]) -> BTreeMap<String, Vec<String>> {
         let Ok(text) = std::str::from_utf8(entry) else {
             continue;
         };
-        if let Some((key, value)) = text.split_once('=') {
-            if !key.is_empty() {
-                map.entry(key.to_string())
-                    .or_default()
-                    .push(value.to_string());
-            }
+        if let Some((key, value)) = text.split_once('=')
+            && !key.is_empty()
+        {
+            map.entry(key.to_string())
+                .or_default()
+                .push(value.to_string());
         }
     }
     map
@@ -234,7 +236,11 @@ pub fn write_module_elf(sections: &[(&str, &[u8])]) -> Vec<u8> {
         object::Endianness::Little,
     );
     for (name, data) in sections {
-        let id = obj.add_section(Vec::new(), name.as_bytes().to_vec(), object::SectionKind::Data);
+        let id = obj.add_section(
+            Vec::new(),
+            name.as_bytes().to_vec(),
+            object::SectionKind::Data,
+        );
         obj.append_section_data(id, data, 1);
     }
     obj.write().expect("writing an in-memory ELF cannot fail")
@@ -309,8 +315,9 @@ name=graft_demo\0vermagic=6.1.0-56-amd64 SMP preempt mod_unload modversions \0sr
         let info = inspect_bytes(Path::new("d.ko"), &elf).unwrap();
         let err = check_loadable(&info, "6.12.95+deb12-amd64", None).unwrap_err();
         assert!(
-            err.to_string()
-                .contains("built for kernel 6.1.0-56-amd64, but this kernel is 6.12.95+deb12-amd64"),
+            err.to_string().contains(
+                "built for kernel 6.1.0-56-amd64, but this kernel is 6.12.95+deb12-amd64"
+            ),
             "{err}"
         );
 

@@ -303,6 +303,7 @@ impl<'k> Patcher<'k> {
         let deadline = Instant::now() + opts.timeout;
         let _lock = self.lock(name, deadline, observer)?;
         let mut unloaded = Vec::new();
+        let mut retried_eexist = false;
         let resumed;
         loop {
             match self.read_patch(name)? {
@@ -355,9 +356,11 @@ impl<'k> Patcher<'k> {
                     }
                 }
                 None => {
-                    if let Some(stale) = self.kernel.loaded_module(name).map_err(|e| {
-                        AgentError::kernel(format!("reading /sys/module/{name}"), e)
-                    })? {
+                    if let Some(stale) = self
+                        .kernel
+                        .loaded_module(name)
+                        .map_err(|e| AgentError::kernel(format!("reading /sys/module/{name}"), e))?
+                    {
                         if opts.check {
                             return Ok(self.would(
                                 name,
@@ -398,7 +401,14 @@ impl<'k> Patcher<'k> {
                         }
                         // Another transition began between our look and our load: wait again.
                         Err(e) if e.raw_os_error() == Some(libc_errno::EBUSY) => continue,
-                        Err(e) if e.raw_os_error() == Some(libc_errno::EEXIST) => continue,
+                        // Someone loaded it between our look and our load: look again, once.
+                        Err(e)
+                            if e.raw_os_error() == Some(libc_errno::EEXIST) && !retried_eexist =>
+                        {
+                            retried_eexist = true;
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
                         Err(e) => {
                             self.state.clear(name);
                             let errno = e.raw_os_error().unwrap_or(0);
@@ -421,7 +431,14 @@ impl<'k> Patcher<'k> {
             deadline,
         };
         let mut notes = Vec::new();
-        let end = self.follow(name, Target::Patched, &record, &policy, observer, &mut notes)?;
+        let end = self.follow(
+            name,
+            Target::Patched,
+            &record,
+            &policy,
+            observer,
+            &mut notes,
+        )?;
         let mut out = self.outcome(name, PatchState::Transitioning, "");
         out.changed = true;
         out.unloaded = unloaded;
@@ -454,7 +471,9 @@ impl<'k> Patcher<'k> {
                     name,
                     PatchState::Reverting,
                     Target::Unpatched,
-                    Some(&format!("{stalled_msg}; reverting as --on-stall revert asks")),
+                    Some(&format!(
+                        "{stalled_msg}; reverting as --on-stall revert asks"
+                    )),
                 );
                 self.write_enabled(name, false)?;
                 self.journal_start(name, Target::Unpatched, opts.stall_after)?;
@@ -473,7 +492,8 @@ impl<'k> Patcher<'k> {
                     &mut out.notes,
                 )?;
                 out.blocking = blocking;
-                out.transition = Some(self.report(&record, elapsed, Some(&census), true, resumed, false));
+                out.transition =
+                    Some(self.report(&record, elapsed, Some(&census), true, resumed, false));
                 match end {
                     FollowEnd::Completed { .. } => {
                         self.state.clear(name);
@@ -503,11 +523,13 @@ impl<'k> Patcher<'k> {
                 elapsed,
             } => {
                 let stalled_msg = stall_summary(name, elapsed, &census, &blocking);
-                self.kernel.force(name).map_err(|e| AgentError::KernelWriteFailed {
-                    patch: name.to_string(),
-                    action: "force",
-                    detail: e.to_string(),
-                })?;
+                self.kernel
+                    .force(name)
+                    .map_err(|e| AgentError::KernelWriteFailed {
+                        patch: name.to_string(),
+                        action: "force",
+                        detail: e.to_string(),
+                    })?;
                 tracing::warn!(patch = name, "FORCED the transition: reboot this node soon");
                 let forced_end = self.follow(
                     name,
@@ -524,7 +546,8 @@ impl<'k> Patcher<'k> {
                 self.state.clear(name);
                 out.forced = true;
                 out.blocking = blocking;
-                out.transition = Some(self.report(&record, elapsed, Some(&census), true, resumed, false));
+                out.transition =
+                    Some(self.report(&record, elapsed, Some(&census), true, resumed, false));
                 out.state = if matches!(forced_end, FollowEnd::Completed { .. }) {
                     PatchState::Applied
                 } else {
@@ -553,7 +576,8 @@ impl<'k> Patcher<'k> {
                     PatchState::Transitioning
                 };
                 out.exit_code = exit_code::TIMED_OUT;
-                out.transition = Some(self.report(&record, elapsed, Some(&census), stalled, resumed, false));
+                out.transition =
+                    Some(self.report(&record, elapsed, Some(&census), stalled, resumed, false));
                 out.message = if stalled {
                     format!(
                         "{}; gave up waiting after --timeout {}. The kernel keeps trying; \
@@ -622,9 +646,11 @@ impl<'k> Patcher<'k> {
         loop {
             match self.read_patch(name)? {
                 None => {
-                    return match self.kernel.loaded_module(name).map_err(|e| {
-                        AgentError::kernel(format!("reading /sys/module/{name}"), e)
-                    })? {
+                    return match self
+                        .kernel
+                        .loaded_module(name)
+                        .map_err(|e| AgentError::kernel(format!("reading /sys/module/{name}"), e))?
+                    {
                         None => Ok(self.outcome(
                             name,
                             PatchState::Reverted,
@@ -711,7 +737,14 @@ impl<'k> Patcher<'k> {
         };
         let mut out = self.outcome(name, PatchState::Reverting, "");
         out.changed = true;
-        let end = self.follow(name, Target::Unpatched, &record, &policy, observer, &mut out.notes)?;
+        let end = self.follow(
+            name,
+            Target::Unpatched,
+            &record,
+            &policy,
+            observer,
+            &mut out.notes,
+        )?;
         match end {
             FollowEnd::Completed { elapsed } => {
                 self.state.clear(name);
@@ -732,7 +765,8 @@ impl<'k> Patcher<'k> {
                 elapsed,
             } => {
                 out.exit_code = exit_code::TIMED_OUT;
-                out.transition = Some(self.report(&record, elapsed, Some(&census), stalled, resumed, false));
+                out.transition =
+                    Some(self.report(&record, elapsed, Some(&census), stalled, resumed, false));
                 out.message = format!(
                     "the revert of {name} has not finished after --timeout {} ({}/{} tasks switched back); the kernel carries on",
                     humantime::format_duration(opts.timeout),
@@ -752,7 +786,8 @@ impl<'k> Patcher<'k> {
             FollowEnd::Detached { stalled, elapsed } => {
                 out.exit_code = exit_code::TIMED_OUT;
                 out.transition = Some(self.report(&record, elapsed, None, stalled, resumed, false));
-                out.message = format!("stopped following the revert of {name}; the kernel carries on");
+                out.message =
+                    format!("stopped following the revert of {name}; the kernel carries on");
             }
             FollowEnd::Vanished | FollowEnd::Stalled { .. } => {
                 unreachable!("an unpatching transition neither vanishes nor applies a stall policy")
@@ -773,8 +808,7 @@ impl<'k> Patcher<'k> {
                 release: self.release()?,
                 boot_id: boot_id.clone(),
                 livepatch_supported: supported,
-                message: (!supported)
-                    .then(|| AgentError::LivepatchUnsupported.to_string()),
+                message: (!supported).then(|| AgentError::LivepatchUnsupported.to_string()),
             },
             patches: Vec::new(),
             inert_modules: Vec::new(),
@@ -787,7 +821,10 @@ impl<'k> Patcher<'k> {
             .kernel
             .patch_names()
             .map_err(|e| AgentError::kernel("listing /sys/kernel/livepatch", e))?;
-        for name in names.iter().filter(|n| only.is_none_or(|o| o == n.as_str())) {
+        for name in names
+            .iter()
+            .filter(|n| only.is_none_or(|o| o == n.as_str()))
+        {
             let Some(sysfs) = self.read_patch(name)? else {
                 continue;
             };
@@ -833,19 +870,19 @@ impl<'k> Patcher<'k> {
             report.message = "no transition is in progress; nothing is blocked".into();
             return Ok(report);
         };
-        if let Some(only) = only {
-            if only != active.patch {
-                if !status.patches.iter().any(|p| p.name == only) {
-                    return Err(AgentError::NoSuchPatch {
-                        patch: only.to_string(),
-                    });
-                }
-                report.message = format!(
-                    "{only} is not in transition (the transition in progress is {})",
-                    active.patch
-                );
-                return Ok(report);
+        if let Some(only) = only
+            && only != active.patch
+        {
+            if !status.patches.iter().any(|p| p.name == only) {
+                return Err(AgentError::NoSuchPatch {
+                    patch: only.to_string(),
+                });
             }
+            report.message = format!(
+                "{only} is not in transition (the transition in progress is {})",
+                active.patch
+            );
+            return Ok(report);
         }
         report.message = format!(
             "{} tasks block the transition of {} ({}/{} switched)",
@@ -922,9 +959,9 @@ impl<'k> Patcher<'k> {
         let mut next_signal = policy.signal_after.and_then(|d| started.checked_add(d));
         let mut said_signals = false;
         loop {
-            let sysfs = match observe(self.kernel, name, target)
-                .map_err(|e| AgentError::kernel(format!("reading /sys/kernel/livepatch/{name}"), e))?
-            {
+            let sysfs = match observe(self.kernel, name, target).map_err(|e| {
+                AgentError::kernel(format!("reading /sys/kernel/livepatch/{name}"), e)
+            })? {
                 Observation::Complete => {
                     return Ok(FollowEnd::Completed {
                         elapsed: started.elapsed(),
@@ -939,7 +976,7 @@ impl<'k> Patcher<'k> {
                 stalled = true;
                 (last_census, blocking) = self.census_and_blockers(&sysfs, target)?;
                 let msg = stall_summary(name, started.elapsed(), &last_census, &blocking);
-                tracing::warn!(patch = name, "{msg}");
+                tracing::info!(patch = name, "{msg}");
                 let flow = observer.progress(&Progress {
                     patch: name,
                     state: PatchState::Stalled,
@@ -972,28 +1009,28 @@ impl<'k> Patcher<'k> {
                     });
                 }
             }
-            if let Some(at) = next_signal {
-                if now >= at {
-                    if sysfs.signal_supported {
-                        match self.kernel.signal(name) {
-                            Ok(()) => notes.push(format!(
-                                "signalled the blocking tasks after {}",
-                                seconds(started.elapsed())
-                            )),
-                            Err(e) => tracing::warn!(patch = name, error = %e, "writing signal failed"),
-                        }
-                        next_signal = policy.signal_after.and_then(|d| at.checked_add(d));
-                    } else {
-                        if !said_signals {
-                            said_signals = true;
-                            notes.push(
-                                "--signal-after has no effect here: this kernel has no `signal` \
-                                 attribute and signals blocking tasks by itself about every 15 s"
-                                    .into(),
-                            );
-                        }
-                        next_signal = None;
+            if let Some(at) = next_signal
+                && now >= at
+            {
+                if sysfs.signal_supported {
+                    match self.kernel.signal(name) {
+                        Ok(()) => notes.push(format!(
+                            "signalled the blocking tasks after {}",
+                            seconds(started.elapsed())
+                        )),
+                        Err(e) => tracing::warn!(patch = name, error = %e, "writing signal failed"),
                     }
+                    next_signal = policy.signal_after.and_then(|d| at.checked_add(d));
+                } else {
+                    if !said_signals {
+                        said_signals = true;
+                        notes.push(
+                            "--signal-after has no effect here: this kernel has no `signal` \
+                                 attribute and signals blocking tasks by itself about every 15 s"
+                                .into(),
+                        );
+                    }
+                    next_signal = None;
                 }
             }
             if now >= policy.deadline {
@@ -1011,9 +1048,10 @@ impl<'k> Patcher<'k> {
                 } else {
                     (
                         census(
-                            &self.kernel.task_states().map_err(|e| {
-                                AgentError::kernel("reading tasks' patch_state", e)
-                            })?,
+                            &self
+                                .kernel
+                                .task_states()
+                                .map_err(|e| AgentError::kernel("reading tasks' patch_state", e))?,
                             target,
                         ),
                         Vec::new(),
@@ -1073,7 +1111,7 @@ impl<'k> Patcher<'k> {
             target: record.target,
             started: format_time(record.started()),
             elapsed_seconds: elapsed.as_secs_f64(),
-            duration_seconds: finished.then(|| elapsed.as_secs_f64()),
+            duration_seconds: finished.then_some(elapsed.as_secs_f64()),
             tasks_total: census.map_or(0, |c| c.total),
             tasks_switched: census.map_or(0, |c| c.switched),
             stalled,
@@ -1095,7 +1133,13 @@ impl<'k> Patcher<'k> {
         observer: &mut dyn Observer,
     ) -> Result<crate::journal::AgentLock> {
         self.state.lock(deadline, |msg| {
-            report(observer, name, PatchState::Pending, Target::Patched, Some(msg));
+            report(
+                observer,
+                name,
+                PatchState::Pending,
+                Target::Patched,
+                Some(msg),
+            );
         })
     }
 
@@ -1112,10 +1156,10 @@ impl<'k> Patcher<'k> {
     }
 
     fn write_error(&self, name: &str, enabled: bool, e: std::io::Error) -> AgentError {
-        if e.raw_os_error() == Some(libc_errno::EBUSY) {
-            if let Ok(Some(other)) = self.transition_in_progress() {
-                return AgentError::Busy { patch: other };
-            }
+        if e.raw_os_error() == Some(libc_errno::EBUSY)
+            && let Ok(Some(other)) = self.transition_in_progress()
+        {
+            return AgentError::Busy { patch: other };
         }
         AgentError::KernelWriteFailed {
             patch: name.to_string(),
@@ -1175,7 +1219,13 @@ impl<'k> Patcher<'k> {
     ) -> Result<()> {
         let msg = format!("waiting: another transition is in progress (patch {other})");
         tracing::info!("{msg}");
-        report(observer, other, PatchState::Pending, Target::Patched, Some(&msg));
+        report(
+            observer,
+            other,
+            PatchState::Pending,
+            Target::Patched,
+            Some(&msg),
+        );
         let mut waiter = Waiter::new(self.kernel);
         loop {
             if !self.read_patch(other)?.is_some_and(|p| p.transition) {
@@ -1200,7 +1250,9 @@ impl<'k> Patcher<'k> {
             return Err(AgentError::KernelWriteFailed {
                 patch: name.to_string(),
                 action: "settle",
-                detail: "the patch is disabled but its sysfs directory did not go away before --timeout".into(),
+                detail:
+                    "the patch is disabled but its sysfs directory did not go away before --timeout"
+                        .into(),
             });
         }
         report(
@@ -1231,18 +1283,20 @@ impl<'k> Patcher<'k> {
             .kernel
             .loaded_module(&info.name)
             .map_err(|e| AgentError::kernel(format!("reading /sys/module/{}", info.name), e))?;
-        if let (Some(LoadedModule {
-            srcversion: Some(loaded),
-            ..
-        }), Some(file)) = (loaded, &info.srcversion)
+        if let (
+            Some(LoadedModule {
+                srcversion: Some(loaded),
+                ..
+            }),
+            Some(file),
+        ) = (loaded, &info.srcversion)
+            && &loaded != file
         {
-            if &loaded != file {
-                return Err(AgentError::DifferentBuildLoaded {
-                    patch: info.name.clone(),
-                    loaded,
-                    file: file.clone(),
-                });
-            }
+            return Err(AgentError::DifferentBuildLoaded {
+                patch: info.name.clone(),
+                loaded,
+                file: file.clone(),
+            });
         }
         Ok(())
     }
@@ -1399,7 +1453,8 @@ fn derive_state(sysfs: &PatchSysfs, record: Option<&TransitionRecord>) -> PatchS
         (true, false) => PatchState::Applied,
         (true, true) => {
             let stalled = record.is_some_and(|r| {
-                r.target == Target::Patched && r.elapsed() >= Duration::from_millis(r.stall_after_ms)
+                r.target == Target::Patched
+                    && r.elapsed() >= Duration::from_millis(r.stall_after_ms)
             });
             if stalled {
                 PatchState::Stalled

@@ -103,8 +103,7 @@ fn container_from_component(component: &str) -> Option<(String, Option<&'static 
         .iter()
         .find_map(|(prefix, rt)| base.strip_prefix(prefix).map(|id| (id, Some(*rt))))
         .unwrap_or((base, None));
-    (id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()))
-        .then(|| (id.to_string(), runtime))
+    (id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit())).then(|| (id.to_string(), runtime))
 }
 
 #[cfg(test)]
@@ -142,10 +141,7 @@ mod tests {
 
     #[test]
     fn cgroup_v2_cgroupfs_containerd() {
-        expect(
-            &format!("0::/kubepods/besteffort/pod{UID}/{CID}\n"),
-            None,
-        );
+        expect(&format!("0::/kubepods/besteffort/pod{UID}/{CID}\n"), None);
     }
 
     #[test]

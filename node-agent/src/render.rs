@@ -35,7 +35,11 @@ pub fn inspect(r: &InspectReport) -> String {
     field(&mut out, "running", &r.running_kernel);
     field(&mut out, "vermagic", &m.vermagic);
     field(&mut out, "license", m.license.as_deref().unwrap_or("-"));
-    field(&mut out, "srcversion", m.srcversion.as_deref().unwrap_or("-"));
+    field(
+        &mut out,
+        "srcversion",
+        m.srcversion.as_deref().unwrap_or("-"),
+    );
     field(
         &mut out,
         "depends",
@@ -62,7 +66,11 @@ pub fn outcome(o: &Outcome) -> String {
     if let Some(t) = &o.transition {
         let timing = match t.duration_seconds {
             Some(d) => format!("{} in {d:.2}s", t.target.as_str()),
-            None => format!("towards {}, {:.1}s so far", t.target.as_str(), t.elapsed_seconds),
+            None => format!(
+                "towards {}, {:.1}s so far",
+                t.target.as_str(),
+                t.elapsed_seconds
+            ),
         };
         let tasks = if t.tasks_total > 0 {
             format!(", {}/{} tasks switched", t.tasks_switched, t.tasks_total)
@@ -92,22 +100,30 @@ pub fn outcome(o: &Outcome) -> String {
 pub fn status(s: &NodeStatus, only: Option<&str>) -> String {
     let mut out = String::new();
     field(&mut out, "kernel", &s.kernel.release);
-    field(&mut out, "livepatch", if s.kernel.livepatch_supported {
-        "supported".to_string()
-    } else {
-        s.kernel.message.clone().unwrap_or_default()
-    });
+    field(
+        &mut out,
+        "livepatch",
+        if s.kernel.livepatch_supported {
+            "supported".to_string()
+        } else {
+            s.kernel.message.clone().unwrap_or_default()
+        },
+    );
     if s.patches.is_empty() {
         match only {
-            Some(p) => field(&mut out, "patches", format!("no livepatch named {p} is loaded")),
+            Some(p) => field(
+                &mut out,
+                "patches",
+                format!("no livepatch named {p} is loaded"),
+            ),
             None => field(&mut out, "patches", "none"),
         }
     } else {
         out.push('\n');
         let _ = writeln!(
             out,
-            "{:<24} {:<14} {:<8} {:<11} {:<8} {}",
-            "PATCH", "STATE", "ENABLED", "TRANSITION", "REPLACE", "FUNCTIONS"
+            "{:<24} {:<14} {:<8} {:<11} {:<8} FUNCTIONS",
+            "PATCH", "STATE", "ENABLED", "TRANSITION", "REPLACE"
         );
         for p in &s.patches {
             let replace = match p.replace {
@@ -117,7 +133,11 @@ pub fn status(s: &NodeStatus, only: Option<&str>) -> String {
             let functions: Vec<String> = p
                 .objects
                 .iter()
-                .flat_map(|o| o.functions.iter().map(move |f| format!("{}:{}", o.name, f.name)))
+                .flat_map(|o| {
+                    o.functions
+                        .iter()
+                        .map(move |f| format!("{}:{}", o.name, f.name))
+                })
                 .collect();
             let _ = writeln!(
                 out,
@@ -185,8 +205,8 @@ fn blocking_table(tasks: &[BlockingTask]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<8} {:<8} {:<16} {:<7} {:<28} {}",
-        "PID", "TID", "COMM", "KTHREAD", "FUNCTION", "POD / CONTAINER"
+        "{:<8} {:<8} {:<16} {:<7} {:<28} POD / CONTAINER",
+        "PID", "TID", "COMM", "KTHREAD", "FUNCTION"
     );
     for t in tasks {
         let function = match (&t.function, t.in_patched_function) {

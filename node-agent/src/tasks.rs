@@ -183,7 +183,8 @@ mod tests {
                 "kthread"
             ]
         );
-        let old = "[<ffffffff810a5b2c>] do_wait+0x1bc/0x230\n[<ffffffff8106c4d3>] SyS_wait4+0x83/0x100\n";
+        let old =
+            "[<ffffffff810a5b2c>] do_wait+0x1bc/0x230\n[<ffffffff8106c4d3>] SyS_wait4+0x83/0x100\n";
         assert_eq!(stack_functions(old), vec!["do_wait", "SyS_wait4"]);
         assert!(stack_functions("").is_empty());
         assert!(stack_functions("garbage\n").is_empty());
@@ -191,7 +192,9 @@ mod tests {
 
     #[test]
     fn scheduler_frames_are_skipped_when_naming_a_function() {
-        let frames = stack_functions("[<0>] __schedule+0x1/0x2\n[<0>] do_nanosleep+0x1/0x2\n[<0>] hrtimer_nanosleep+0x1/0x2\n[<0>] __x64_sys_nanosleep+0x1/0x2\n");
+        let frames = stack_functions(
+            "[<0>] __schedule+0x1/0x2\n[<0>] do_nanosleep+0x1/0x2\n[<0>] hrtimer_nanosleep+0x1/0x2\n[<0>] __x64_sys_nanosleep+0x1/0x2\n",
+        );
         let first = frames.iter().find(|f| !is_scheduler_frame(f)).copied();
         assert_eq!(first, Some("__x64_sys_nanosleep"));
     }

@@ -101,10 +101,10 @@ impl KmsgHints {
                 Ok(0) => return Ok(count),
                 Ok(n) => {
                     count += 1;
-                    if let Some(record) = parse_record(&self.buf[..n]) {
-                        if let Some(event) = livepatch_event(&record.message) {
-                            self.last_event = Some((record, event));
-                        }
+                    if let Some(record) = parse_record(&self.buf[..n])
+                        && let Some(event) = livepatch_event(&record.message)
+                    {
+                        self.last_event = Some((record, event));
                     }
                 }
                 // Overrun: records were lost; the next read continues with the oldest kept one.
@@ -157,8 +157,8 @@ mod tests {
 
     #[test]
     fn parses_kmsg_records() {
-        let r = parse_record(b"6,1234,5678901,-;livepatch: 'graft_demo': patching complete\n")
-            .unwrap();
+        let r =
+            parse_record(b"6,1234,5678901,-;livepatch: 'graft_demo': patching complete\n").unwrap();
         assert_eq!(r.seq, 1234);
         assert_eq!(r.timestamp_us, 5678901);
         assert_eq!(r.message, "livepatch: 'graft_demo': patching complete");
@@ -213,12 +213,7 @@ mod tests {
         });
         // Opening a FIFO read-only and non-blocking succeeds without a writer; lseek fails
         // on a FIFO (ESPIPE), so build the waiter by hand.
-        let fd = open(
-            &fifo,
-            OFlag::O_RDONLY | OFlag::O_NONBLOCK,
-            Mode::empty(),
-        )
-        .unwrap();
+        let fd = open(&fifo, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()).unwrap();
         let mut hints = KmsgHints {
             fd,
             buf: vec![0; 1024],

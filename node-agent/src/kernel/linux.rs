@@ -203,10 +203,10 @@ impl Kernel for LinuxKernel {
         for entry in fs::read_dir(self.sys.join("module"))? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(m) = self.read_module(&entry.path(), &name)? {
-                if m.livepatch {
-                    found.push(m);
-                }
+            if let Some(m) = self.read_module(&entry.path(), &name)?
+                && m.livepatch
+            {
+                found.push(m);
             }
         }
         found.sort_by(|a, b| a.name.cmp(&b.name));

@@ -144,8 +144,7 @@ pub trait Kernel: Send + Sync {
     fn signal(&self, name: &str) -> KernelResult<()>;
 
     /// `finit_module(2)`; for a livepatch this enables it and starts the transition.
-    fn load_module(&self, path: &Path, info: &crate::module_file::ModuleInfo)
-    -> KernelResult<()>;
+    fn load_module(&self, path: &Path, info: &crate::module_file::ModuleInfo) -> KernelResult<()>;
     /// `delete_module(2)` without waiting.
     fn unload_module(&self, name: &str) -> KernelResult<()>;
     fn loaded_module(&self, name: &str) -> KernelResult<Option<LoadedModule>>;

@@ -193,16 +193,13 @@ impl SimState {
             SimTask::host(1, "systemd", false),
             SimTask::host(2, "kthreadd", true),
         ];
-        let mut pid = 10;
-        for i in 0..init.tasks.saturating_sub(2) {
-            let task = match i % 4 {
+        for (i, pid) in (0..init.tasks.saturating_sub(2)).zip(10..) {
+            tasks.push(match i % 4 {
                 0 => SimTask::host(pid, &format!("kworker/{}:0", i / 4), true),
                 1 => SimTask::host(pid, "sshd", false),
                 2 => SimTask::host(pid, "containerd", false),
                 _ => SimTask::host(pid, "bash", false),
-            };
-            tasks.push(task);
-            pid += 1;
+            });
         }
         Self {
             release: init.release.clone(),
@@ -234,11 +231,16 @@ impl SimState {
             .unwrap_or_default()
     }
 
-    /// Whether a task is pinned to its old state at `now`.
+    /// Whether a task is pinned to its old state at `now`. A task sleeping in
+    /// an original function blocks patching it; it does not block unpatching,
+    /// which waits only for tasks inside the new code.
     fn is_held(&self, task: &SimTask, functions: &[String], tr: &SimTransition, now: u64) -> bool {
         let Some(f) = &task.sleeps_in else {
             return false;
         };
+        if tr.from != 0 {
+            return false;
+        }
         if task.released || !functions.contains(f) {
             return false;
         }
@@ -614,12 +616,13 @@ impl Kernel for SimKernel {
             enabled: patch.enabled,
             transition: in_transition,
             replace: attrs.replace.then_some(patch.replace),
+            // Patches stack in load order; the simulation approximates it by name.
             stack_order: attrs.stack_order.then(|| {
                 state
                     .modules
-                    .values()
-                    .filter(|m| m.patch.is_some())
-                    .position(|m| std::ptr::eq(m.patch.as_ref().unwrap(), patch))
+                    .iter()
+                    .filter(|(_, m)| m.patch.is_some())
+                    .position(|(n, _)| n == name)
                     .map_or(1, |p| p as u32 + 1)
             }),
             signal_supported: attrs.signal,
@@ -628,9 +631,7 @@ impl Kernel for SimKernel {
                 .iter()
                 .map(|(object, functions)| PatchedObject {
                     name: object.clone(),
-                    patched: attrs
-                        .patched
-                        .then_some(patch.enabled || in_transition),
+                    patched: attrs.patched.then_some(patch.enabled || in_transition),
                     functions: functions
                         .iter()
                         .map(|f| PatchedFunction {
@@ -709,7 +710,12 @@ impl Kernel for SimKernel {
             // A signal frees user tasks sleeping interruptibly.
             let functions = state.functions_of(name);
             for task in state.tasks.iter_mut() {
-                if !task.kthread && task.sleeps_in.as_ref().is_some_and(|f| functions.contains(f)) {
+                if !task.kthread
+                    && task
+                        .sleeps_in
+                        .as_ref()
+                        .is_some_and(|f| functions.contains(f))
+                {
                     task.released = true;
                 }
             }
@@ -721,7 +727,10 @@ impl Kernel for SimKernel {
     fn load_module(&self, _path: &Path, info: &ModuleInfo) -> KernelResult<()> {
         let spec: SimModuleSpec = match &info.sim_section {
             Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("bad {}: {e}", crate::module_file::SIM_SECTION))
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad {}: {e}", crate::module_file::SIM_SECTION),
+                )
             })?,
             None => SimModuleSpec::default(),
         };
@@ -827,9 +836,11 @@ impl Kernel for SimKernel {
         let state = self.snapshot()?;
         let now = now_ms();
         let task = find_task(&state, pid, tid)?;
-        let held = state.transition.as_ref().is_some_and(|tr| {
-            state.is_held(task, &state.functions_of(&tr.patch), tr, now)
-        }) || (task.sleeps_in.is_some() && !task.released);
+        let held = state
+            .transition
+            .as_ref()
+            .is_some_and(|tr| state.is_held(task, &state.functions_of(&tr.patch), tr, now))
+            || (task.sleeps_in.is_some() && !task.released);
         Ok(task.stack(held))
     }
 
@@ -906,7 +917,8 @@ mod tests {
     use crate::module_file::{inspect_bytes, write_module_elf};
 
     fn module(name: &str, release: &str, spec: &SimModuleSpec) -> ModuleInfo {
-        let modinfo = format!("name={name}\0livepatch=Y\0vermagic={release} SMP\0srcversion=S{name}\0");
+        let modinfo =
+            format!("name={name}\0livepatch=Y\0vermagic={release} SMP\0srcversion=S{name}\0");
         let sim = serde_json::to_vec(spec).unwrap();
         let elf = write_module_elf(&[
             (".modinfo", modinfo.as_bytes()),
@@ -939,8 +951,11 @@ mod tests {
     #[test]
     fn a_transition_finishes_after_its_duration() {
         let (_d, k) = kernel();
-        k.load_module(Path::new("x"), &module("p", "6.1.0-sim-amd64", &spec("f", 100, false)))
-            .unwrap();
+        k.load_module(
+            Path::new("x"),
+            &module("p", "6.1.0-sim-amd64", &spec("f", 100, false)),
+        )
+        .unwrap();
         let p = k.patch("p").unwrap().unwrap();
         assert!(p.enabled && p.transition);
         // A second load while the first transitions is refused like the kernel does.
@@ -976,7 +991,11 @@ mod tests {
             .filter(|t| t.state == 0)
             .collect();
         assert_eq!(blocked.len(), 1);
-        assert!(k.task_stack(blocked[0].pid, blocked[0].tid).unwrap().contains("] f+0x"));
+        assert!(
+            k.task_stack(blocked[0].pid, blocked[0].tid)
+                .unwrap()
+                .contains("] f+0x")
+        );
         assert_eq!(k.release_task("rig").unwrap(), 1);
         std::thread::sleep(Duration::from_millis(30));
         assert!(!k.patch("p").unwrap().unwrap().transition);
