@@ -124,6 +124,11 @@ build_modules() {
         modinfo -F vermagic "$out/$m.ko" | grep -q "^$KREL " ||
             vm_die "$m.ko has vermagic '$(modinfo -F vermagic "$out/$m.ko")', expected $KREL"
     done
+    # Bad input for scenario 7: graft_demo claiming another kernel release.
+    local other
+    other="$(python3 "$GRAFT_ROOT/tests/vm/badvermagic.py" "$out/graft_demo.ko" "$out/graft_demo_badvermagic.ko" "$KREL")" ||
+        vm_die "could not make graft_demo_badvermagic.ko"
+    vm_log "graft_demo_badvermagic.ko claims release $other"
 }
 
 # build_agent: builds the static graft-agent; sets AGENT. GRAFT_AGENT=path
@@ -140,7 +145,7 @@ build_agent() {
         vm_die "cargo build of graft-agent failed"
     AGENT="${CARGO_TARGET_DIR:-$GRAFT_ROOT/target}/x86_64-unknown-linux-gnu/release/graft-agent"
     [ -x "$AGENT" ] || vm_die "no agent binary at $AGENT"
-    if ldd "$AGENT" >/dev/null 2>&1; then
+    if readelf -lW "$AGENT" | grep -q 'program interpreter'; then
         vm_die "$AGENT is dynamically linked; the initramfs has no libc"
     fi
 }
