@@ -21,6 +21,8 @@
 //! `cargo run -p graft-crds --bin crdgen -- --out-dir crds` (a test fails
 //! while they are stale).
 
+#![warn(missing_docs)]
+
 pub mod common;
 pub mod conditions;
 pub mod duration;

@@ -229,3 +229,64 @@ fn printer_columns_are_the_documented_ones() {
         }
     }
 }
+
+mod crdgen_binary {
+    use std::process::Command;
+
+    fn crdgen(args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_crdgen"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn prints_every_crd_without_arguments() {
+        let out = crdgen(&[]);
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            graft_crds::generate::render_all()
+        );
+    }
+
+    #[test]
+    fn writes_to_any_directory_and_checks_it() {
+        let dir = std::env::temp_dir().join(format!("graft-crdgen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dir_arg = dir.to_str().unwrap();
+
+        let check = crdgen(&["--check", dir_arg]);
+        assert_eq!(check.status.code(), Some(1), "missing files fail the check");
+        let stderr = String::from_utf8_lossy(&check.stderr);
+        assert!(stderr.contains("livepatch.yaml is missing"), "{stderr}");
+        assert!(
+            stderr.contains("regenerate with: cargo run -p graft-crds --bin crdgen -- --out-dir"),
+            "{stderr}"
+        );
+
+        assert!(crdgen(&["--out-dir", dir_arg]).status.success());
+        assert!(dir.join("livepatch.yaml").is_file() && dir.join("livepatchnode.yaml").is_file());
+        assert!(crdgen(&["--check", dir_arg]).status.success());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn refuses_bad_arguments_with_usage() {
+        for args in [
+            &["--out-dir"][..],
+            &["--frobnicate"],
+            &["--check", "a", "b"],
+        ] {
+            let out = crdgen(args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("Usage: crdgen"),
+                "{args:?}"
+            );
+        }
+        let help = crdgen(&["--help"]);
+        assert!(help.status.success());
+        assert!(String::from_utf8_lossy(&help.stdout).contains("--out-dir DIR"));
+    }
+}
