@@ -355,7 +355,9 @@ def scenarios(suite: Boot, sig: Boot) -> list[Scenario]:
     # 5 release and apply again
     s = new(5, "release the rig, apply again: Applied", [suite], ["s5"])
     s.expect(s.fact(suite, "s5.carrier_running_before_release") == "yes", "the waiting apply had already ended before the rig was released")
-    s.agent(suite, "s5.apply", 0, "Applied", patch="graft_stall_patch")
+    s.agent(suite, "s5.revert_carried", 0, "Reverted", patch="graft_stall_patch")
+    s.expect(s.fact(suite, "s5.holders_after_release") == "0", f"tasks still hold in the rig after the release: {suite.facts.get('s5.holders_after_release')}")
+    s.agent(suite, "s5.apply", 0, "Applied", changed=True, patch="graft_stall_patch")
     sysfs = sysfs_patches(s.fact(suite, "s5.sysfs"))
     st = sysfs.get("graft_stall_patch", {})
     s.expect(st.get("enabled") is True and st.get("transition") is False, f"sysfs after apply: {suite.facts.get('s5.sysfs')!r}")

@@ -187,14 +187,25 @@ boot_vm() {
     local log="$1" limit="$2" append="$3" live="${4:-}"
     qemu_args "$KIMAGE" "$INITRD" "$append" "$ACCEL"
     vm_log "booting $KREL ($ACCEL, timeout ${limit}s): ${append}"
-    local rc=0
+    local rcfile="$log.qemu-status"
+    rm -f "$rcfile"
     if [ -n "$live" ]; then
-        timeout --kill-after=5 "$limit" "${QEMU_ARGS[@]}" </dev/null 2>&1 | tr -d '\r' | tee "$log" >&2 || true
-        rc="${PIPESTATUS[0]}"
+        # Live: drop the firmware's terminal resets (it clears the screen and
+        # turns line wrapping off). On a terminal keep the agent's in-place
+        # progress line (\r, ESC[K); elsewhere give each update its own line.
+        local tty_filter=(cat)
+        if [ ! -t 1 ]; then tty_filter=(sed -u -e 's/\r/\n/g' -e 's/\x1b\[K//g'); fi
+        { s=0; timeout --kill-after=5 "$limit" "${QEMU_ARGS[@]}" </dev/null 2>&1 || s=$?; echo "$s" >"$rcfile"; } |
+            sed -u -e 's/\r$//' -e 's/\x1bc//g' -e 's/\x1b\[?7l//g' -e 's/\x1b\[2J//g' -e 's/\x1b\[0m//g' |
+            tee "$log" | "${tty_filter[@]}" || true
     else
-        timeout --kill-after=5 "$limit" "${QEMU_ARGS[@]}" </dev/null 2>&1 | tr -d '\r' >"$log" || true
-        rc="${PIPESTATUS[0]}"
+        { s=0; timeout --kill-after=5 "$limit" "${QEMU_ARGS[@]}" </dev/null 2>&1 || s=$?; echo "$s" >"$rcfile"; } |
+            tr -d '\r' >"$log" || true
     fi
+    local rc
+    rc="$(cat "$rcfile" 2>/dev/null || echo 1)"
+    rm -f "$rcfile"
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then vm_log "qemu hit the ${limit}s timeout and was killed"; fi
     return "$rc"
 }
 

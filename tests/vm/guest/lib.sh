@@ -12,7 +12,8 @@ run() {
     _id="$1"; shift
     echo "@@GRAFT cmd $_id $*"
     _t0=$(now)
-    "$@" >/tmp/run.out 2>/tmp/run.err
+    # A hung command must not eat the whole VM's time budget: exit 137.
+    timeout -s KILL "${RUN_LIMIT:-120}" "$@" >/tmp/run.out 2>/tmp/run.err
     _rc=$?
     _t1=$(now)
     echo "@@GRAFT rc $_id $_rc $(awk -v a="$_t0" -v b="$_t1" 'BEGIN { printf "%.2f", b - a }')"
@@ -69,4 +70,13 @@ unswitched() {
         [ "$_s" = "$1" ] && continue
         echo "$_t $(cat "$_t/comm") $(head -1 "$_t/stack" 2>/dev/null)"
     done
+}
+
+# bounded_wait PID SECONDS: waits for a background job, killing it (SIGKILL)
+# if it outlives SECONDS; returns its exit status.
+bounded_wait() {
+    _n=$(($2 * 10))
+    while [ "$_n" -gt 0 ] && kill -0 "$1" 2>/dev/null; do sleep 0.1; _n=$((_n - 1)); done
+    kill -0 "$1" 2>/dev/null && { note "pid $1 outlived $2 s: killed"; kill -9 "$1"; }
+    wait "$1"
 }

@@ -78,7 +78,7 @@ wait_for 20 sh -c "[ \"\$(cat $LP/graft_stall_patch/transition 2>/dev/null)\" = 
 sleep 2
 fact s8.transition_before_kill "$(cat $LP/graft_stall_patch/transition 2>/dev/null)"
 kill -9 "$victim"
-wait "$victim"
+bounded_wait "$victim" 10
 fact s8.killed_rc "$?"
 record s8.killed_err /tmp/killed.err
 fact s8.sysfs_after_kill "$(sysfs_patches)"
@@ -97,14 +97,18 @@ sleep 3
 note "scenario 5: release the rig"
 fact s5.carrier_running_before_release "$(kill -0 $carrier 2>/dev/null && echo yes || echo no)"
 echo 1 >$RIG/release
-wait "$carrier"
+bounded_wait "$carrier" 90
 fact s8.carry_rc "$?"
 fact s8.carry_secs "$(awk -v a="$t_carry" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')"
 record s8.carry /tmp/carry.out
 record s8.carry_err /tmp/carry.err
-wait "$reader" 2>/dev/null
+bounded_wait "$reader" 10 2>/dev/null
 fact s5.reader_output "$(cat /tmp/reader.out)"
-run s5.apply $A --json apply $M/graft_stall_patch.ko --timeout 30s
+# Start from scratch: revert what the carried-on apply finished, then a
+# fresh apply must complete now that nothing sleeps in graft_rig_hold().
+run s5.revert_carried $A --json revert graft_stall_patch --timeout 30s
+fact s5.holders_after_release "$(cat $RIG/holders)"
+run s5.apply $A --json apply $M/graft_stall_patch.ko --stall-after 10s --timeout 30s
 fact s5.sysfs "$(sysfs_patches)"
 fact s5.rig_read "$(cat /proc/graft_stall_rig)"
 run s5.cleanup $A --json revert graft_stall_patch --timeout 30s
