@@ -14,7 +14,7 @@ source "$HERE/lib.sh"
 
 "$GRAFT_ROOT/scripts/install-vm-deps.sh"
 build_agent
-fetch_kernel "${1:-${GRAFT_KERNEL:-6.1}}"
+fetch_kernel "${1:-${GRAFT_VM_KERNEL:-6.1}}"
 VMDIR="$GRAFT_WORK/$KREL"
 mkdir -p "$VMDIR"
 build_modules "$VMDIR/modules"

@@ -3,7 +3,7 @@
 # kernel to boot, fetch its image and headers without installing them, build
 # the modules and the static agent, pack the initramfs and boot qemu.
 #
-# Kernel selection (GRAFT_KERNEL or the first argument of the scripts):
+# Kernel selection (GRAFT_VM_KERNEL or the first argument of the scripts):
 #   6.1      Debian 12's default kernel (whatever linux-image-amd64 depends on)
 #   6.12     the 6.12 kernel of Debian 12 (what linux-image-6.12-amd64 depends on)
 #   RELEASE  an exact release such as 6.1.0-56-amd64 or 6.12.95+deb12-amd64

@@ -5,7 +5,7 @@
 #   tests/vm/run.sh [KERNEL] [--mode suite|modules] [--keep-going]
 #
 # KERNEL: 6.1 (default, Debian 12's kernel), 6.12, or an exact release such
-# as 6.1.0-56-amd64 (also GRAFT_KERNEL=...). Several kernels may be given:
+# as 6.1.0-56-amd64 (also GRAFT_VM_KERNEL=...). Several kernels may be given:
 #   tests/vm/run.sh 6.1 6.12
 #
 # Prints one line per scenario and "N passed, N failed" per kernel (and a
@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
         *) KERNELS+=("$1"); shift ;;
     esac
 done
-if [ "${#KERNELS[@]}" -eq 0 ]; then KERNELS=("${GRAFT_KERNEL:-6.1}"); fi
+if [ "${#KERNELS[@]}" -eq 0 ]; then KERNELS=("${GRAFT_VM_KERNEL:-6.1}"); fi
 
 "$GRAFT_ROOT/scripts/install-vm-deps.sh"
 
