@@ -422,6 +422,9 @@ struct PatchOutcome<'a> {
     invalid_regex: Vec<(usize, String)>,
     invalid_selector: Option<String>,
     remove_finalizer: bool,
+    /// Every node that had or has an entry of this patch, with the entry's
+    /// state (before any entry is dropped): for Events and memory.
+    touched: Vec<(usize, PatchState)>,
 }
 
 /// Plans the whole world. See the module docs for the rules.
@@ -523,9 +526,12 @@ pub fn plan(world: &World, memory: &Memory, now: &Time) -> Plan {
         for name in orphans {
             let mut entry = view.entries[&name].clone();
             entry.desired_state = DesiredState::Disabled;
+            let state = view.effective(&entry);
+            node_state_events(None, &name, view, state, memory, &mut out.events);
             if view.droppable(&entry) {
                 view.entries.remove(&name);
             } else {
+                next_memory.states.insert((name.clone(), view.name.to_owned()), state);
                 view.entries.insert(name, entry);
             }
         }
@@ -571,25 +577,6 @@ pub fn plan(world: &World, memory: &Memory, now: &Time) -> Plan {
             now,
             &mut out,
         );
-    }
-
-    // Events for entries of nodes that are not targeted (cleanup), and memory for them.
-    let targeted: BTreeSet<(&str, usize)> = outcomes
-        .iter()
-        .flat_map(|o| o.targets.iter().map(move |(i, _)| (o.name, *i)))
-        .collect();
-    for (index, view) in views.iter().enumerate() {
-        for entry in view.entries.values() {
-            if targeted.contains(&(entry.live_patch.as_str(), index)) {
-                continue;
-            }
-            let state = view.effective(entry);
-            let lp = known.get(entry.live_patch.as_str()).copied();
-            node_state_events(lp, &entry.live_patch, view, state, memory, &mut out.events);
-            next_memory
-                .states
-                .insert((entry.live_patch.clone(), view.name.to_owned()), state);
-        }
     }
 
     // LivePatchNode specs that differ from what is there.
@@ -752,18 +739,34 @@ fn plan_patch<'a>(lp: &'a LivePatch, views: &mut [NodeView<'_>]) -> PatchOutcome
         }
     }
 
-    // Nodes that are not targeted: disable, then drop.
+    // Nodes that are not targeted: disable (then drop, below).
     for (index, view) in views.iter_mut().enumerate() {
         if target_set.contains(&index) {
             continue;
         }
         if let Some(existing) = view.entries.get(name) {
             let entry = disabled(existing, generation, &lp.spec.transition);
-            if view.droppable(&entry) {
-                view.entries.remove(name);
-            } else {
-                view.entries.insert(name.to_owned(), entry);
-            }
+            view.entries.insert(name.to_owned(), entry);
+        }
+    }
+    let desired_of = |index: usize| targets.iter().find(|(i, _)| *i == index).map(|(_, m)| *m);
+    let touched: Vec<(usize, PatchState)> = views
+        .iter()
+        .enumerate()
+        .filter_map(|(index, view)| {
+            let entry = view.entries.get(name)?;
+            let state = match desired_of(index) {
+                Some(module) => counted_state(view, entry, &desired_entry(view, module), mode),
+                None => view.effective(entry),
+            };
+            Some((index, state))
+        })
+        .collect();
+    for (index, view) in views.iter_mut().enumerate() {
+        if !target_set.contains(&index)
+            && view.entries.get(name).is_some_and(|e| view.droppable(e))
+        {
+            view.entries.remove(name);
         }
     }
 
@@ -805,6 +808,7 @@ fn plan_patch<'a>(lp: &'a LivePatch, views: &mut [NodeView<'_>]) -> PatchOutcome
         invalid_regex: matcher.invalid,
         invalid_selector,
         remove_finalizer,
+        touched,
     }
 }
 
@@ -1092,15 +1096,14 @@ fn finish_patch(
         uid: lp.metadata.uid.clone(),
     };
 
-    // Per-node Events and memory.
-    for &(index, state) in &outcome.targets {
-        let view = &views[index];
-        if view.entries.contains_key(name) {
-            node_state_events(Some(lp), name, view, state, memory, &mut out.events);
-        }
+    // Per-node Events (nodes with an entry) and memory.
+    for &(index, state) in &outcome.touched {
+        node_state_events(Some(lp), name, &views[index], state, memory, &mut out.events);
+    }
+    for &(index, state) in outcome.touched.iter().chain(&outcome.targets) {
         next_memory
             .states
-            .insert((name.to_owned(), view.name.to_owned()), state);
+            .insert((name.to_owned(), views[index].name.to_owned()), state);
     }
 
     // Halt Event, once per halt.
