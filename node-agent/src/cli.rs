@@ -79,6 +79,18 @@ pub enum Command {
     /// Script a simulated kernel (for tests, demos and simulated fleets).
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Cluster mode (the DaemonSet): apply what this node's LivePatchNode asks
+    /// and report its status; serves /metrics, /livez and /readyz.
+    Run(crate::cluster::RunArgs),
+    /// Serve the kernel's livepatch metrics (/metrics) without Kubernetes.
+    Exporter(crate::exporter::ExporterArgs),
+}
+
+impl Command {
+    /// Long-running commands log at info level by default; the others at warn.
+    pub fn is_daemon(&self) -> bool {
+        matches!(self, Self::Run(_) | Self::Exporter(_))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -400,6 +412,16 @@ fn execute(cli: Cli) -> Result<i32, Failure> {
     };
     match cli.command {
         Command::Sim(cmd) => sim_command(cmd, json),
+        Command::Run(args) => Ok(crate::cluster::run_command(
+            &kernel_spec,
+            cli.state_dir,
+            args,
+        )),
+        Command::Exporter(args) => Ok(crate::exporter::run_command(
+            &kernel_spec,
+            cli.state_dir,
+            args,
+        )),
         command => {
             let kernel = open_kernel()?;
             let kind = kernel.kind();
@@ -464,7 +486,9 @@ fn execute(cli: Cli) -> Result<i32, Failure> {
                     emit(json, &report, render::blocking);
                     Ok(exit_code::OK)
                 }
-                Command::Sim(_) => unreachable!("handled above"),
+                Command::Sim(_) | Command::Run(_) | Command::Exporter(_) => {
+                    unreachable!("handled above")
+                }
             }
         }
     }
@@ -708,8 +732,13 @@ fn sim_command(cmd: SimCommand, json: bool) -> Result<i32, Failure> {
 
 /// Logs go to stderr so that stdout carries only the result (JSON or table).
 pub fn init_logging(format: LogFormat) {
+    init_logging_at(format, "warn");
+}
+
+/// Like [`init_logging`], with another default level (`GRAFT_LOG` still wins).
+pub fn init_logging_at(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GRAFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -4,12 +4,19 @@
 //! inspects `.ko` files before the kernel sees them, [`patching`] runs the
 //! livepatch lifecycle (apply, follow the transition, stall policy, revert),
 //! [`tasks`] and [`pods`] name what blocks a transition, and [`cli`] is the
-//! host command.
+//! host command. [`cluster`] is the DaemonSet mode (`graft-agent run`),
+//! [`metrics`] and [`http`] serve Prometheus metrics and probes, and
+//! [`exporter`] serves the kernel metrics without Kubernetes.
 
 pub mod cli;
+pub mod cluster;
 pub mod error;
+pub mod exporter;
+pub mod http;
 pub mod journal;
 pub mod kernel;
+pub mod metrics;
+pub mod module_memfd;
 pub mod module_file;
 pub mod patching;
 pub mod pods;

@@ -288,6 +288,23 @@ impl<'k> Patcher<'k> {
         self.apply_inspected(path, &info, opts, observer)
     }
 
+    /// Applies module bytes already in memory, inspected and checked by the
+    /// caller (the cluster mode fetches and verifies its own download). The
+    /// bytes go into a sealed memory file and load through the same
+    /// [`Kernel::load_module`] as a file on disk.
+    pub fn apply_bytes(
+        &self,
+        bytes: &[u8],
+        info: &ModuleInfo,
+        opts: &ApplyOptions,
+        observer: &mut dyn Observer,
+    ) -> Result<Outcome> {
+        let module = crate::module_memfd::SealedModule::new(&info.name, bytes).map_err(|e| {
+            AgentError::kernel(format!("holding module {} in memory", info.name), e)
+        })?;
+        self.apply_inspected(module.path(), info, opts, observer)
+    }
+
     /// Applies a module already inspected and checked (the cluster mode verifies its own download).
     pub fn apply_inspected(
         &self,
