@@ -71,18 +71,15 @@ need cpio cpio
 need modinfo kmod
 need make build-essential
 need gcc build-essential
-need bc bc
-need flex flex
-need bison bison
-need xz xz-utils
-need zstd zstd
+need readelf binutils
 need dpkg-deb dpkg
+need python3 python3
+# 6.12+ headers ship a vmlinux, so kbuild generates module BTF with pahole.
+need pahole dwarves
 # The busybox binary must be the static one: the initramfs has no libc.
-if command -v busybox >/dev/null 2>&1 && ldd "$(command -v busybox)" >/dev/null 2>&1; then
+if command -v busybox >/dev/null 2>&1 && readelf -lW "$(command -v busybox)" | grep -q 'program interpreter'; then
     missing+=(busybox-static)
 fi
-# libelf is needed by objtool-enabled kernel builds (module link step).
-dpkg-query -W -f='${Status}' libelf-dev 2>/dev/null | grep -q 'ok installed' || missing+=(libelf-dev)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_update

@@ -25,6 +25,17 @@ fi
 vm_log() { printf '[vm] %s\n' "$*" >&2; }
 vm_die() { printf '[vm] error: %s\n' "$*" >&2; exit 1; }
 
+# apt_refresh_once: apt-get update, at most once per run (stale lists name
+# .debs the mirror no longer has).
+APT_REFRESHED=""
+apt_refresh_once() {
+    [ -z "$APT_REFRESHED" ] || return 1
+    APT_REFRESHED=1
+    vm_log "apt-get update (package lists look stale)"
+    local sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq >&2
+}
+
 # Prints the single linux-image-*/linux-headers-* dependency of a metapackage.
 meta_dep() { # meta_dep <metapackage> <prefix>
     apt-cache depends "$1" 2>/dev/null | awk -v p="$2" '$1 == "Depends:" && index($2, p) == 1 { print $2; exit }'
@@ -39,6 +50,7 @@ resolve_kernel() {
         *)           printf '%s' "$want"; return 0 ;;
     esac
     img="$(meta_dep "$meta" linux-image-)"
+    if [ -z "$img" ] && apt_refresh_once; then img="$(meta_dep "$meta" linux-image-)"; fi
     [ -n "$img" ] || vm_die "apt knows no package $meta; run apt-get update (for 6.12: bookworm-security or -backports must be in apt's sources)"
     hdr="$(meta_dep "${meta/linux-image-/linux-headers-}" linux-headers-)"
     if [ -n "$hdr" ] && [ "${hdr#linux-headers-}" != "${img#linux-image-}" ]; then
@@ -66,7 +78,8 @@ apt_download() {
             vm_log "downloading $p"
             # -o APT::Sandbox::User=root: the cache folder is root's, not _apt's.
             (cd "$dir" && apt-get download -q -o APT::Sandbox::User=root "$p" >/dev/null) ||
-                vm_die "apt-get download $p failed (is the package known to apt? try apt-get update)"
+                { apt_refresh_once && (cd "$dir" && apt-get download -q -o APT::Sandbox::User=root "$p" >/dev/null); } ||
+                vm_die "apt-get download $p failed (is the package known to apt?)"
         fi
     done
 }
@@ -82,6 +95,7 @@ fetch_kernel() {
     fi
     rm -rf "$kroot"; mkdir -p "$kroot"
     apt-cache show "linux-headers-$KREL" >/dev/null 2>&1 ||
+        { apt_refresh_once && apt-cache show "linux-headers-$KREL" >/dev/null 2>&1; } ||
         vm_die "no package linux-headers-$KREL in apt's sources: modules cannot be built for $KREL"
     # The headers package depends on its -common part and on the kbuild tools.
     local deps
