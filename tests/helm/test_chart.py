@@ -830,3 +830,34 @@ def test_the_helm_binary_lints_and_renders_the_same_objects(chart: helm.Chart) -
     assert template.returncode == 0, template.stderr
     objects = [d for d in yaml.safe_load_all(template.stdout) if d]
     assert kinds(objects) == kinds(render(chart))
+
+
+# --- the flags the chart passes exist in the binaries ------------------------------------------
+
+
+def help_text(binary: str, *args: str) -> str:
+    path = REPO / "target" / "debug" / binary
+    if not path.exists():
+        pytest.skip(f"{path} is not built (cargo build -p {binary})")
+    run = subprocess.run([str(path), *args, "--help"], capture_output=True, text=True, timeout=30)
+    if run.returncode != 0 or "--" not in run.stdout:
+        pytest.skip(f"{path} {' '.join(args)} --help prints no options: not the contract's binary yet")
+    return run.stdout
+
+
+def flags(args: list[str]) -> list[str]:
+    return [a.split("=", 1)[0] for a in args if a.startswith("--")]
+
+
+def test_the_agent_binary_knows_every_flag_the_daemonset_passes(chart: helm.Chart) -> None:
+    args = container(find(render(chart), "DaemonSet"))["args"]
+    text = help_text("graft-agent", args[0])
+    missing = [f for f in flags(args) if not re.search(rf"(^|\s){re.escape(f)}[\s=,]", text)]
+    assert not missing, f"`graft-agent {args[0]} --help` lacks {missing}"
+
+
+def test_the_operator_binary_knows_every_flag_the_deployment_passes(chart: helm.Chart) -> None:
+    args = container(find(render(chart, {"operator": {"replicas": 2}}), "Deployment"))["args"]
+    text = help_text("graft-operator")
+    missing = [f for f in flags(args) if not re.search(rf"(^|\s){re.escape(f)}[\s=,]", text)]
+    assert not missing, f"`graft-operator --help` lacks {missing}"
