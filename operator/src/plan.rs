@@ -200,7 +200,7 @@ pub struct FinalizerChange {
 }
 
 /// The kind of object an Event is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TargetKind {
     /// A `graft.dev/v1alpha1` LivePatch.
     LivePatch,
@@ -317,7 +317,11 @@ impl NodeView<'_> {
 /// The state of one entry on a node from the agent's status: `Pending` unless
 /// the status is trusted and echoes the entry's generation and digest; a
 /// `Reverted` report for an `Enabled` entry is stale too.
-pub fn effective_state(entry: &NodePatch, status: Option<&PatchStatus>, trusted: bool) -> PatchState {
+pub fn effective_state(
+    entry: &NodePatch,
+    status: Option<&PatchStatus>,
+    trusted: bool,
+) -> PatchState {
     let Some(status) = status.filter(|_| trusted) else {
         return PatchState::Pending;
     };
@@ -531,7 +535,9 @@ pub fn plan(world: &World, memory: &Memory, now: &Time) -> Plan {
             if view.droppable(&entry) {
                 view.entries.remove(&name);
             } else {
-                next_memory.states.insert((name.clone(), view.name.to_owned()), state);
+                next_memory
+                    .states
+                    .insert((name.clone(), view.name.to_owned()), state);
                 view.entries.insert(name, entry);
             }
         }
@@ -586,7 +592,10 @@ pub fn plan(world: &World, memory: &Memory, now: &Time) -> Plan {
         };
         let owned = view.lpn.is_some_and(|lpn| {
             lpn.metadata.owner_references.iter().flatten().any(|o| {
-                o.kind == "Node" && o.api_version == "v1" && o.uid == view.uid && o.name == view.name
+                o.kind == "Node"
+                    && o.api_version == "v1"
+                    && o.uid == view.uid
+                    && o.name == view.name
             })
         });
         let same_spec = view.lpn.is_some_and(|lpn| lpn.spec == spec);
@@ -668,7 +677,8 @@ fn plan_patch<'a>(lp: &'a LivePatch, views: &mut [NodeView<'_>]) -> PatchOutcome
                     continue;
                 };
                 let state = view.effective(&existing);
-                if existing.desired_state == DesiredState::Enabled && same_module(&existing, &desired)
+                if existing.desired_state == DesiredState::Enabled
+                    && same_module(&existing, &desired)
                 {
                     let mut entry = existing;
                     entry.transition = desired.transition;
@@ -720,8 +730,8 @@ fn plan_patch<'a>(lp: &'a LivePatch, views: &mut [NodeView<'_>]) -> PatchOutcome
                 if in_flight {
                     continue;
                 }
-                let room = view.entries.contains_key(name)
-                    || view.entries.len() < MAX_PATCHES_PER_NODE;
+                let room =
+                    view.entries.contains_key(name) || view.entries.len() < MAX_PATCHES_PER_NODE;
                 if may_admit && used < limit && room {
                     view.entries.insert(name.to_owned(), desired);
                     used += 1;
@@ -763,8 +773,7 @@ fn plan_patch<'a>(lp: &'a LivePatch, views: &mut [NodeView<'_>]) -> PatchOutcome
         })
         .collect();
     for (index, view) in views.iter_mut().enumerate() {
-        if !target_set.contains(&index)
-            && view.entries.get(name).is_some_and(|e| view.droppable(e))
+        if !target_set.contains(&index) && view.entries.get(name).is_some_and(|e| view.droppable(e))
         {
             view.entries.remove(name);
         }
@@ -827,7 +836,12 @@ fn disabled(existing: &NodePatch, generation: Option<i64>, policy: &TransitionPo
 }
 
 /// The state a targeted node is counted in, given its (planned) entry.
-fn counted_state(view: &NodeView<'_>, entry: &NodePatch, desired: &NodePatch, mode: Mode) -> PatchState {
+fn counted_state(
+    view: &NodeView<'_>,
+    entry: &NodePatch,
+    desired: &NodePatch,
+    mode: Mode,
+) -> PatchState {
     let state = view.effective(entry);
     match mode {
         Mode::Enable => {
@@ -837,7 +851,11 @@ fn counted_state(view: &NodeView<'_>, entry: &NodePatch, desired: &NodePatch, mo
                     other => other,
                 }
             } else if !same_module(entry, desired) {
-                if occupies_slot(state) { state } else { PatchState::Pending }
+                if occupies_slot(state) {
+                    state
+                } else {
+                    PatchState::Pending
+                }
             } else {
                 state
             }
@@ -932,7 +950,11 @@ fn decide_cordon(
             let by = join_names(stalled);
             if !unschedulable {
                 (
-                    Some(change(CordonAction::Cordon, Some(by), cordon_events(stalled, true))),
+                    Some(change(
+                        CordonAction::Cordon,
+                        Some(by),
+                        cordon_events(stalled, true),
+                    )),
                     stalled.clone(),
                 )
             } else if &mark != stalled {
@@ -951,7 +973,11 @@ fn decide_cordon(
             } else {
                 let by = join_names(stalled);
                 (
-                    Some(change(CordonAction::Cordon, Some(by), cordon_events(stalled, true))),
+                    Some(change(
+                        CordonAction::Cordon,
+                        Some(by),
+                        cordon_events(stalled, true),
+                    )),
                     stalled.clone(),
                 )
             }
@@ -970,11 +996,18 @@ fn decide_cordon(
                 (None, after)
             } else if unschedulable {
                 (
-                    Some(change(CordonAction::Uncordon, None, cordon_events(&mark, false))),
+                    Some(change(
+                        CordonAction::Uncordon,
+                        None,
+                        cordon_events(&mark, false),
+                    )),
                     BTreeSet::new(),
                 )
             } else {
-                (Some(change(CordonAction::Unmark, None, Vec::new())), BTreeSet::new())
+                (
+                    Some(change(CordonAction::Unmark, None, Vec::new())),
+                    BTreeSet::new(),
+                )
             }
         }
         (true, None) => (None, BTreeSet::new()),
@@ -1098,7 +1131,14 @@ fn finish_patch(
 
     // Per-node Events (nodes with an entry) and memory.
     for &(index, state) in &outcome.touched {
-        node_state_events(Some(lp), name, &views[index], state, memory, &mut out.events);
+        node_state_events(
+            Some(lp),
+            name,
+            &views[index],
+            state,
+            memory,
+            &mut out.events,
+        );
     }
     for &(index, state) in outcome.touched.iter().chain(&outcome.targets) {
         next_memory
@@ -1259,7 +1299,11 @@ fn finish_patch(
         &mut status,
         cond::AVAILABLE,
         all_done,
-        if all_done { reasons::COMPLETE } else { work_reason },
+        if all_done {
+            reasons::COMPLETE
+        } else {
+            work_reason
+        },
         progress_note,
     );
     let stalled_nodes: Vec<&str> = outcome
@@ -1313,7 +1357,11 @@ fn finish_patch(
             ),
         )
     } else {
-        (false, reasons::AS_EXPECTED, "no node stalled or failed".to_owned())
+        (
+            false,
+            reasons::AS_EXPECTED,
+            "no node stalled or failed".to_owned(),
+        )
     };
     set(
         &mut status,
@@ -1339,7 +1387,11 @@ fn finish_patch(
                 .to_owned(),
         )
     } else {
-        (false, reasons::AS_EXPECTED, "the rollout is not paused".to_owned())
+        (
+            false,
+            reasons::AS_EXPECTED,
+            "the rollout is not paused".to_owned(),
+        )
     };
     set(
         &mut status,

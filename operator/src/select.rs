@@ -237,9 +237,18 @@ mod tests {
 
     #[test]
     fn match_expressions_follow_kubernetes_semantics() {
-        let cases: &[(LabelSelectorRequirement, &[(&str, &str)], bool)] = &[
-            (expr("pool", "In", &["web", "api"]), &[("pool", "api")], true),
-            (expr("pool", "In", &["web", "api"]), &[("pool", "db")], false),
+        type Case = (LabelSelectorRequirement, &'static [(&'static str, &'static str)], bool);
+        let cases: &[Case] = &[
+            (
+                expr("pool", "In", &["web", "api"]),
+                &[("pool", "api")],
+                true,
+            ),
+            (
+                expr("pool", "In", &["web", "api"]),
+                &[("pool", "db")],
+                false,
+            ),
             (expr("pool", "In", &["web"]), &[], false),
             (expr("pool", "NotIn", &["db"]), &[("pool", "web")], true),
             (expr("pool", "NotIn", &["db"]), &[("pool", "db")], false),
@@ -320,7 +329,10 @@ mod tests {
         assert_eq!(matcher.find("6.12.0"), Some(3));
         // ...but matches exactly "6.1".
         assert_eq!(matcher.find("6.1"), Some(2));
-        assert_eq!(KernelMatcher::new(&[module(None, Some("a|b"))]).find("ab"), None);
+        assert_eq!(
+            KernelMatcher::new(&[module(None, Some("a|b"))]).find("ab"),
+            None
+        );
     }
 
     #[test]

@@ -41,12 +41,23 @@ fn five_nodes() -> Vec<k8s_openapi::api::core::v1::Node> {
 fn every_linux_node_gets_a_livepatchnode_owned_by_it() {
     let mut windows = node("win", "");
     windows.metadata.labels = Some([("kubernetes.io/os".into(), "windows".into())].into());
-    windows.status.as_mut().unwrap().node_info.as_mut().unwrap().operating_system = "windows".into();
+    windows
+        .status
+        .as_mut()
+        .unwrap()
+        .node_info
+        .as_mut()
+        .unwrap()
+        .operating_system = "windows".into();
     let mut cluster = Cluster::new([node("n1", ""), node("n2", ""), windows], []);
     let plan = cluster.step();
     let names: Vec<_> = plan.node_specs.iter().map(|w| w.node.as_str()).collect();
     assert_eq!(names, ["n1", "n2"]);
-    assert!(plan.node_specs.iter().all(|w| !w.exists && w.spec.patches.is_empty()));
+    assert!(
+        plan.node_specs
+            .iter()
+            .all(|w| !w.exists && w.spec.patches.is_empty())
+    );
     assert_eq!(plan.node_specs[0].node_uid, "uid-n1");
     // Nothing changes: nothing is written again.
     assert!(cluster.step().is_quiet());
@@ -85,8 +96,14 @@ fn applied_nodes_free_their_slot_for_the_next_in_order() {
     cluster.settle(5);
     let status = cluster.status("fix");
     assert_eq!((status.applied, status.targeted), (5, 5));
-    assert_eq!(cluster.condition("fix", cond::AVAILABLE), (TRUE.into(), reasons::COMPLETE.into()));
-    assert_eq!(cluster.condition("fix", cond::PROGRESSING), (FALSE.into(), reasons::COMPLETE.into()));
+    assert_eq!(
+        cluster.condition("fix", cond::AVAILABLE),
+        (TRUE.into(), reasons::COMPLETE.into())
+    );
+    assert_eq!(
+        cluster.condition("fix", cond::PROGRESSING),
+        (FALSE.into(), reasons::COMPLETE.into())
+    );
     assert_eq!(cluster.condition("fix", cond::DEGRADED).0, FALSE);
 }
 
@@ -155,7 +172,15 @@ fn a_regex_picks_the_module_for_a_kernel_family_and_the_first_match_wins() {
     ];
     let mut cluster = Cluster::new(nodes, [lp]);
     cluster.step();
-    assert_eq!(cluster.entry("exact", "fix").unwrap().module.sha256.as_deref(), Some(SHA));
+    assert_eq!(
+        cluster
+            .entry("exact", "fix")
+            .unwrap()
+            .module
+            .sha256
+            .as_deref(),
+        Some(SHA)
+    );
     let family = cluster.entry("family", "fix").unwrap();
     assert_eq!(family.module.sha256.as_deref(), Some(SHA2));
     assert_eq!(family.module.kernel_release, "6.1.0-20-amd64");
@@ -215,7 +240,10 @@ fn an_invalid_selector_selects_nothing_and_degrades() {
     let mut cluster = Cluster::new([node("n1", "")], [lp]);
     cluster.step();
     assert!(admitted(&cluster, "fix").is_empty());
-    assert_eq!(cluster.condition("fix", cond::DEGRADED).1, "InvalidNodeSelector");
+    assert_eq!(
+        cluster.condition("fix", cond::DEGRADED).1,
+        "InvalidNodeSelector"
+    );
 }
 
 #[test]
@@ -224,13 +252,27 @@ fn a_status_for_another_generation_or_digest_counts_as_pending() {
     cluster.step();
     cluster.report("n1", "fix", PatchState::Applied);
     // The agent's report is for generation 0.
-    cluster.lpns.get_mut("n1").unwrap().status.as_mut().unwrap().patches[0].live_patch_generation =
-        Some(0);
+    cluster
+        .lpns
+        .get_mut("n1")
+        .unwrap()
+        .status
+        .as_mut()
+        .unwrap()
+        .patches[0]
+        .live_patch_generation = Some(0);
     cluster.step();
     assert_eq!(cluster.status("fix").pending, 1);
     cluster.report("n1", "fix", PatchState::Applied);
-    cluster.lpns.get_mut("n1").unwrap().status.as_mut().unwrap().patches[0].sha256 =
-        Some(SHA2.into());
+    cluster
+        .lpns
+        .get_mut("n1")
+        .unwrap()
+        .status
+        .as_mut()
+        .unwrap()
+        .patches[0]
+        .sha256 = Some(SHA2.into());
     cluster.step();
     assert_eq!(cluster.status("fix").pending, 1);
     cluster.report("n1", "fix", PatchState::Applied);
@@ -284,7 +326,10 @@ fn exceeding_the_failure_budget_halts_the_rollout_with_one_event() {
         cluster.condition("fix", cond::PAUSED),
         (TRUE.into(), reasons::FAILURE_BUDGET_EXCEEDED.into())
     );
-    assert_eq!(cluster.condition("fix", cond::DEGRADED), (TRUE.into(), reasons::NODE_FAILED.into()));
+    assert_eq!(
+        cluster.condition("fix", cond::DEGRADED),
+        (TRUE.into(), reasons::NODE_FAILED.into())
+    );
     let halted = events_with(&plan.events, reason::ROLLOUT_HALTED);
     assert_eq!(halted.len(), 1);
     assert_eq!(halted[0].severity, Severity::Warning);
@@ -299,8 +344,14 @@ fn exceeding_the_failure_budget_halts_the_rollout_with_one_event() {
     let status = cluster.status("fix");
     assert_eq!(status.nodes_needing_attention.len(), 2);
     assert_eq!(status.nodes_needing_attention[0].node, "n-a1");
-    assert_eq!(status.nodes_needing_attention[0].reason.as_deref(), Some("ModuleLoadFailed"));
-    assert_eq!(cluster.condition("fix", cond::PROGRESSING), (FALSE.into(), reasons::FAILURE_BUDGET_EXCEEDED.into()));
+    assert_eq!(
+        status.nodes_needing_attention[0].reason.as_deref(),
+        Some("ModuleLoadFailed")
+    );
+    assert_eq!(
+        cluster.condition("fix", cond::PROGRESSING),
+        (FALSE.into(), reasons::FAILURE_BUDGET_EXCEEDED.into())
+    );
 }
 
 #[test]
@@ -310,12 +361,18 @@ fn editing_the_livepatch_retries_failed_nodes() {
     cluster.step();
     cluster.report("n1", "fix", PatchState::Failed);
     cluster.step();
-    assert_eq!(cluster.condition("fix", cond::PAUSED).1, reasons::FAILURE_BUDGET_EXCEEDED);
+    assert_eq!(
+        cluster.condition("fix", cond::PAUSED).1,
+        reasons::FAILURE_BUDGET_EXCEEDED
+    );
     cluster.edit("fix", |spec| spec.rollout.max_failures = 0);
     cluster.step();
     // The failed node gets the new generation (its agent tries again) and
     // keeps its slot; the halt is lifted but n2 waits for that slot.
-    assert_eq!(cluster.entry("n1", "fix").unwrap().live_patch_generation, Some(2));
+    assert_eq!(
+        cluster.entry("n1", "fix").unwrap().live_patch_generation,
+        Some(2)
+    );
     assert_eq!(admitted(&cluster, "fix"), ["n1"]);
     assert_eq!(cluster.condition("fix", cond::PAUSED).0, FALSE);
     cluster.report("n1", "fix", PatchState::Applied);
@@ -331,7 +388,10 @@ fn a_paused_rollout_starts_no_node_but_lets_running_ones_finish() {
     cluster.edit("fix", |spec| spec.rollout.paused = true);
     cluster.step();
     // An edit that changes no entry content leaves the entry's generation alone.
-    assert_eq!(cluster.entry("n1", "fix").unwrap().live_patch_generation, Some(1));
+    assert_eq!(
+        cluster.entry("n1", "fix").unwrap().live_patch_generation,
+        Some(1)
+    );
     cluster.report("n1", "fix", PatchState::Applied);
     let plan = cluster.step();
     assert_eq!(admitted(&cluster, "fix"), ["n1"]);
@@ -362,10 +422,19 @@ fn a_new_module_is_rolled_out_at_the_same_pace() {
     cluster.edit("fix", |spec| spec.modules[0].sha256 = Some(SHA2.into()));
     cluster.step();
     let sha = |c: &Cluster, n: &str| c.entry(n, "fix").unwrap().module.sha256.clone().unwrap();
-    assert_eq!((sha(&cluster, "n1"), sha(&cluster, "n2")), (SHA2.into(), SHA.into()));
-    assert_eq!(cluster.entry("n1", "fix").unwrap().live_patch_generation, Some(2));
+    assert_eq!(
+        (sha(&cluster, "n1"), sha(&cluster, "n2")),
+        (SHA2.into(), SHA.into())
+    );
+    assert_eq!(
+        cluster.entry("n1", "fix").unwrap().live_patch_generation,
+        Some(2)
+    );
     // n2 still runs the old module: it counts as pending, not applied.
-    assert_eq!((cluster.status("fix").applied, cluster.status("fix").pending), (0, 2));
+    assert_eq!(
+        (cluster.status("fix").applied, cluster.status("fix").pending),
+        (0, 2)
+    );
     cluster.report("n1", "fix", PatchState::Applied);
     cluster.step();
     assert_eq!(sha(&cluster, "n2"), SHA2);
@@ -385,14 +454,27 @@ fn disabled_reverts_every_node_that_has_the_entry_at_once() {
         assert_eq!(entry.desired_state, DesiredState::Disabled);
         assert_eq!(entry.live_patch_generation, Some(2));
     }
-    assert!(cluster.entry("n3", "fix").is_none(), "never admitted, nothing to revert");
-    assert_eq!(cluster.condition("fix", cond::PROGRESSING), (TRUE.into(), reasons::REVERTING.into()));
+    assert!(
+        cluster.entry("n3", "fix").is_none(),
+        "never admitted, nothing to revert"
+    );
+    assert_eq!(
+        cluster.condition("fix", cond::PROGRESSING),
+        (TRUE.into(), reasons::REVERTING.into())
+    );
     cluster.report("n1", "fix", PatchState::Reverted);
     cluster.report("n2", "fix", PatchState::Reverted);
     let plan = cluster.step();
-    assert_eq!(events_with(&plan.events, reason::REVERTED).len(), 4, "LivePatch and Node, per node");
+    assert_eq!(
+        events_with(&plan.events, reason::REVERTED).len(),
+        4,
+        "LivePatch and Node, per node"
+    );
     assert_eq!(cluster.status("fix").reverted, 3);
-    assert_eq!(cluster.condition("fix", cond::AVAILABLE), (TRUE.into(), reasons::COMPLETE.into()));
+    assert_eq!(
+        cluster.condition("fix", cond::AVAILABLE),
+        (TRUE.into(), reasons::COMPLETE.into())
+    );
     // Entries stay (Disabled) while the LivePatch exists.
     assert!(cluster.entry("n1", "fix").is_some());
 }
@@ -428,7 +510,10 @@ fn deleting_reverts_everywhere_then_drops_entries_and_the_finalizer() {
     let plan = cluster.step();
     assert!(plan.finalizers.is_empty());
     for n in ["n1", "n2"] {
-        assert_eq!(cluster.entry(n, "fix").unwrap().desired_state, DesiredState::Disabled);
+        assert_eq!(
+            cluster.entry(n, "fix").unwrap().desired_state,
+            DesiredState::Disabled
+        );
     }
     cluster.report("n1", "fix", PatchState::Reverted);
     let plan = cluster.step();
@@ -448,7 +533,10 @@ fn deleting_reverts_everywhere_then_drops_entries_and_the_finalizer() {
 
 #[test]
 fn a_node_that_left_the_cluster_does_not_block_deletion() {
-    let mut cluster = Cluster::new([node("n1", ""), node("gone", "")], [rollout(live_patch("fix"), IntOrString::Int(5), 0)]);
+    let mut cluster = Cluster::new(
+        [node("n1", ""), node("gone", "")],
+        [rollout(live_patch("fix"), IntOrString::Int(5), 0)],
+    );
     cluster.step();
     cluster.report("n1", "fix", PatchState::Applied);
     cluster.report("gone", "fix", PatchState::Applied);
@@ -459,7 +547,10 @@ fn a_node_that_left_the_cluster_does_not_block_deletion() {
     cluster.report("n1", "fix", PatchState::Reverted);
     let plan = cluster.step();
     assert_eq!(plan.finalizers.len(), 1);
-    assert!(plan.node_specs.iter().all(|w| w.node != "gone"), "a gone node's object is not written");
+    assert!(
+        plan.node_specs.iter().all(|w| w.node != "gone"),
+        "a gone node's object is not written"
+    );
 }
 
 #[test]
@@ -483,9 +574,15 @@ fn a_deselected_node_is_reverted_then_its_entry_dropped() {
     cluster.step();
     cluster.report("n1", "fix", PatchState::Applied);
     cluster.step();
-    cluster.nodes.insert("n1".into(), with_label(cluster.nodes["n1"].clone(), "pool", "db"));
+    cluster.nodes.insert(
+        "n1".into(),
+        with_label(cluster.nodes["n1"].clone(), "pool", "db"),
+    );
     cluster.step();
-    assert_eq!(cluster.entry("n1", "fix").unwrap().desired_state, DesiredState::Disabled);
+    assert_eq!(
+        cluster.entry("n1", "fix").unwrap().desired_state,
+        DesiredState::Disabled
+    );
     assert_eq!(cluster.status("fix").targeted, 0);
     cluster.report("n1", "fix", PatchState::Reverted);
     let plan = cluster.step();
@@ -501,13 +598,20 @@ fn entries_of_a_livepatch_that_is_gone_are_reverted_then_dropped() {
     cluster.step();
     cluster.live_patches.clear(); // deleted with its finalizer removed by hand
     cluster.step();
-    assert_eq!(cluster.entry("n1", "fix").unwrap().desired_state, DesiredState::Disabled);
+    assert_eq!(
+        cluster.entry("n1", "fix").unwrap().desired_state,
+        DesiredState::Disabled
+    );
     cluster.report("n1", "fix", PatchState::Reverted);
     cluster.step();
     assert!(cluster.entry("n1", "fix").is_none());
 }
 
-fn stalled_cluster(policy: OnStall, uncordon: bool, node_state: k8s_openapi::api::core::v1::Node) -> Cluster {
+fn stalled_cluster(
+    policy: OnStall,
+    uncordon: bool,
+    node_state: k8s_openapi::api::core::v1::Node,
+) -> Cluster {
     let lp = on_stall(live_patch("fix"), policy, uncordon);
     let mut cluster = Cluster::new([node_state], [lp]);
     cluster.step();
@@ -524,10 +628,17 @@ fn stalled_transition_cordons_node_with_our_annotation() {
     assert_eq!(change.action, CordonAction::Cordon);
     assert_eq!(change.cordoned_by.as_deref(), Some("fix"));
     assert_eq!(change.resource_version.as_deref(), Some("1"));
-    let reasons_: Vec<_> = change.events.iter().map(|e| (e.regarding.kind, e.reason)).collect();
+    let reasons_: Vec<_> = change
+        .events
+        .iter()
+        .map(|e| (e.regarding.kind, e.reason))
+        .collect();
     assert_eq!(
         reasons_,
-        [(TargetKind::Node, reason::CORDONED), (TargetKind::LivePatch, reason::CORDONED)]
+        [
+            (TargetKind::Node, reason::CORDONED),
+            (TargetKind::LivePatch, reason::CORDONED)
+        ]
     );
     let stalled = events_with(&plan.events, reason::STALLED);
     assert_eq!(stalled.len(), 2);
@@ -538,7 +649,10 @@ fn stalled_transition_cordons_node_with_our_annotation() {
     let attention = &cluster.status("fix").nodes_needing_attention[0];
     assert!(attention.cordoned);
     assert_eq!(attention.state, PatchState::Stalled);
-    assert_eq!(cluster.condition("fix", cond::DEGRADED).1, reasons::TRANSITION_STALLED);
+    assert_eq!(
+        cluster.condition("fix", cond::DEGRADED).1,
+        reasons::TRANSITION_STALLED
+    );
     // Stable: no second cordon.
     assert!(cluster.step().cordons.is_empty());
 }
@@ -552,7 +666,10 @@ fn a_node_someone_else_cordoned_is_never_touched() {
     assert_eq!(plan.summaries["fix"].cordoned, 0);
     cluster.report("n1", "fix", PatchState::Applied);
     let plan = cluster.step();
-    assert!(plan.cordons.is_empty(), "no uncordon of a node we did not cordon");
+    assert!(
+        plan.cordons.is_empty(),
+        "no uncordon of a node we did not cordon"
+    );
     assert!(cluster.unschedulable("n1"));
 }
 
@@ -594,7 +711,14 @@ fn a_revert_policy_does_not_cordon_but_cordon_and_revert_does() {
 fn a_node_we_cordoned_that_someone_uncordoned_is_cordoned_again_while_stalled() {
     let mut cluster = stalled_cluster(OnStall::Cordon, true, node("n1", ""));
     cluster.step();
-    cluster.nodes.get_mut("n1").unwrap().spec.as_mut().unwrap().unschedulable = None;
+    cluster
+        .nodes
+        .get_mut("n1")
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .unschedulable = None;
     let plan = cluster.step();
     assert_eq!(plan.cordons[0].action, CordonAction::Cordon);
 }
@@ -638,13 +762,20 @@ fn events_are_emitted_once_per_state_change_and_not_on_the_first_run() {
 
 #[test]
 fn failures_emit_warning_events_with_the_agents_reason() {
-    let mut cluster = Cluster::new([node("n1", "")], [rollout(live_patch("fix"), IntOrString::Int(1), 3)]);
+    let mut cluster = Cluster::new(
+        [node("n1", "")],
+        [rollout(live_patch("fix"), IntOrString::Int(1), 3)],
+    );
     cluster.step();
     cluster.report("n1", "fix", PatchState::Failed);
     let plan = cluster.step();
     let failed = events_with(&plan.events, reason::FAILED);
     assert_eq!(failed.len(), 2);
-    assert!(failed[0].note.contains("ModuleLoadFailed"), "{}", failed[0].note);
+    assert!(
+        failed[0].note.contains("ModuleLoadFailed"),
+        "{}",
+        failed[0].note
+    );
     assert!(failed[0].note.contains("EPERM"), "{}", failed[0].note);
 }
 
@@ -660,13 +791,19 @@ fn nodes_needing_attention_are_bounded() {
     cluster.step();
     let status = cluster.status("fix");
     assert_eq!(status.failed, 30);
-    assert_eq!(status.nodes_needing_attention.len(), graft_crds::MAX_NODES_NEEDING_ATTENTION);
+    assert_eq!(
+        status.nodes_needing_attention.len(),
+        graft_crds::MAX_NODES_NEEDING_ATTENTION
+    );
     assert_eq!(status.nodes_needing_attention[0].node, "n00");
 }
 
 #[test]
 fn a_settled_world_writes_nothing() {
-    let mut cluster = Cluster::new(five_nodes(), [rollout(live_patch("fix"), IntOrString::Int(5), 0)]);
+    let mut cluster = Cluster::new(
+        five_nodes(),
+        [rollout(live_patch("fix"), IntOrString::Int(5), 0)],
+    );
     cluster.step();
     for n in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
         cluster.report(&n, "fix", PatchState::Applied);
@@ -689,7 +826,11 @@ fn status_reports_the_observed_generation_and_conditions_keep_their_time() {
     let status = cluster.status("fix");
     assert_eq!(status.observed_generation, Some(2));
     let progressing = |c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
-        c.iter().find(|c| c.type_ == cond::PROGRESSING).unwrap().last_transition_time.clone()
+        c.iter()
+            .find(|c| c.type_ == cond::PROGRESSING)
+            .unwrap()
+            .last_transition_time
+            .clone()
     };
     assert_eq!(progressing(&status.conditions), progressing(&first));
     // The new policy reached the node without a new generation (nothing to redo).

@@ -44,29 +44,39 @@ fn fleet() -> impl Strategy<Value = Fleet> {
         prop::bool::weighted(0.15),
         prop::sample::select(OnStall::ALL.to_vec()),
     )
-        .prop_map(|(nodes, operator_node, max_parallel, max_failures, paused, on_stall)| {
-            let count = nodes.len();
-            Fleet {
-                nodes: nodes
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (zone, matches))| (format!("node-{i:02}"), zone, matches))
-                    .collect(),
-                operator_node: operator_node.filter(|i| *i < count),
-                max_parallel,
-                max_failures,
-                paused,
-                on_stall,
-            }
-        })
+        .prop_map(
+            |(nodes, operator_node, max_parallel, max_failures, paused, on_stall)| {
+                let count = nodes.len();
+                Fleet {
+                    nodes: nodes
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (zone, matches))| (format!("node-{i:02}"), zone, matches))
+                        .collect(),
+                    operator_node: operator_node.filter(|i| *i < count),
+                    max_parallel,
+                    max_failures,
+                    paused,
+                    on_stall,
+                }
+            },
+        )
 }
 
 fn build(fleet: &Fleet) -> Cluster {
     let nodes = fleet.nodes.iter().map(|(name, zone, matches)| {
         let n = node(name, zone);
-        if *matches { n } else { with_kernel(n, "5.10.0-28-amd64") }
+        if *matches {
+            n
+        } else {
+            with_kernel(n, "5.10.0-28-amd64")
+        }
     });
-    let mut lp = rollout(live_patch("fix"), fleet.max_parallel.clone(), fleet.max_failures);
+    let mut lp = rollout(
+        live_patch("fix"),
+        fleet.max_parallel.clone(),
+        fleet.max_failures,
+    );
     lp.spec.rollout.paused = fleet.paused;
     lp.spec.transition.on_stall = fleet.on_stall;
     lp.spec.transition.allow_force = true;
@@ -100,7 +110,10 @@ fn limit(fleet: &Fleet, targeted: usize) -> usize {
 /// The state the planner would trust for the node's entry.
 fn state(cluster: &Cluster, node: &str) -> Option<PatchState> {
     let entry = cluster.entry(node, "fix")?;
-    let status = cluster.lpns[node].status.as_ref().and_then(|s| s.patch("fix"));
+    let status = cluster.lpns[node]
+        .status
+        .as_ref()
+        .and_then(|s| s.patch("fix"));
     Some(graft_operator::plan::effective_state(entry, status, true))
 }
 
@@ -124,10 +137,24 @@ fn agent_move(cluster: &mut Cluster, node: &str, dice: u8) {
         return;
     };
     let next = match current {
-        PatchState::Pending => [PatchState::Pending, PatchState::Loading, PatchState::Failed][dice as usize % 3],
-        PatchState::Loading => [PatchState::Loading, PatchState::Transitioning, PatchState::Failed, PatchState::NotApplicable][dice as usize % 4],
-        PatchState::Transitioning => [PatchState::Transitioning, PatchState::Applied, PatchState::Stalled, PatchState::Failed][dice as usize % 4],
-        PatchState::Stalled => [PatchState::Stalled, PatchState::Applied, PatchState::Failed][dice as usize % 3],
+        PatchState::Pending => {
+            [PatchState::Pending, PatchState::Loading, PatchState::Failed][dice as usize % 3]
+        }
+        PatchState::Loading => [
+            PatchState::Loading,
+            PatchState::Transitioning,
+            PatchState::Failed,
+            PatchState::NotApplicable,
+        ][dice as usize % 4],
+        PatchState::Transitioning => [
+            PatchState::Transitioning,
+            PatchState::Applied,
+            PatchState::Stalled,
+            PatchState::Failed,
+        ][dice as usize % 4],
+        PatchState::Stalled => {
+            [PatchState::Stalled, PatchState::Applied, PatchState::Failed][dice as usize % 3]
+        }
         settled => settled,
     };
     if next != current {

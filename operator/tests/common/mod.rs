@@ -76,7 +76,9 @@ pub fn with_kernel(mut node: Node, kernel: &str) -> Node {
 }
 
 pub fn cordoned(mut node: Node, by: Option<&str>) -> Node {
-    node.spec.get_or_insert_with(NodeSpec::default).unschedulable = Some(true);
+    node.spec
+        .get_or_insert_with(NodeSpec::default)
+        .unschedulable = Some(true);
     if let Some(by) = by {
         node.metadata
             .annotations
@@ -139,7 +141,10 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(nodes: impl IntoIterator<Item = Node>, lps: impl IntoIterator<Item = LivePatch>) -> Self {
+    pub fn new(
+        nodes: impl IntoIterator<Item = Node>,
+        lps: impl IntoIterator<Item = LivePatch>,
+    ) -> Self {
         let mut cluster = Self {
             clock: 1_700_000_000,
             rv: 100,
@@ -221,7 +226,10 @@ impl Cluster {
                 return plans;
             }
         }
-        panic!("the plan did not settle in {max} steps: {:#?}", plans.last());
+        panic!(
+            "the plan did not settle in {max} steps: {:#?}",
+            plans.last()
+        );
     }
 
     pub fn apply(&mut self, plan: &Plan) {
@@ -353,7 +361,9 @@ impl Cluster {
             .boot_id
             .clone();
         let lpn = self.lpns.get_mut(node).expect("LivePatchNode exists");
-        lpn.status.get_or_insert_with(LivePatchNodeStatus::default).boot_id = Some(boot);
+        lpn.status
+            .get_or_insert_with(LivePatchNodeStatus::default)
+            .boot_id = Some(boot);
     }
 
     /// The node reboots: the kubelet reports a new boot ID.
@@ -372,7 +382,10 @@ impl Cluster {
     }
 
     pub fn status(&self, lp: &str) -> &graft_crds::LivePatchStatus {
-        self.live_patches[lp].status.as_ref().expect("status written")
+        self.live_patches[lp]
+            .status
+            .as_ref()
+            .expect("status written")
     }
 
     pub fn condition(&self, lp: &str, type_: &str) -> (String, String) {
