@@ -77,7 +77,10 @@ async fn metrics_handler(State(app): State<AppState>) -> Response {
     // Collecting reads sysfs and procfs: keep it off the executor threads.
     match tokio::task::spawn_blocking(move || app.metrics.render()).await {
         Ok(text) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             text,
         )
             .into_response(),

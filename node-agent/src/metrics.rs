@@ -188,9 +188,8 @@ impl KernelCollector {
         state: StateDir,
         cluster: Arc<Mutex<Vec<ClusterPatch>>>,
     ) -> prometheus::Result<Self> {
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            GaugeVec::new(Opts::new(name, help), labels)
-        };
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| GaugeVec::new(Opts::new(name, help), labels);
         Ok(Self {
             kernel,
             state,
@@ -381,9 +380,7 @@ impl Metrics {
     /// Counts a module that could not be loaded; `reason` is one of the bounded
     /// reasons in the contract ([`load_failure`], [`crate::error::LoadRefusal::as_str`]).
     pub fn count_load_failure(&self, patch: &str, reason: &str) {
-        self.load_failures
-            .with_label_values(&[patch, reason])
-            .inc();
+        self.load_failures.with_label_values(&[patch, reason]).inc();
     }
 
     /// What the cluster mode currently reports per LivePatch.
@@ -488,11 +485,19 @@ mod tests {
         let patch = r#"patch="graft_demo""#;
         let node = r#"node="node-a""#;
         assert_eq!(
-            line_value(&text, "graft_patch_state", &[patch, r#"state="Applied""#, node]),
+            line_value(
+                &text,
+                "graft_patch_state",
+                &[patch, r#"state="Applied""#, node]
+            ),
             Some(1.0)
         );
         assert_eq!(
-            line_value(&text, "graft_patch_state", &[patch, r#"state="Failed""#, node]),
+            line_value(
+                &text,
+                "graft_patch_state",
+                &[patch, r#"state="Failed""#, node]
+            ),
             Some(0.0)
         );
         assert_eq!(
@@ -525,7 +530,11 @@ mod tests {
             line_value(
                 &text,
                 "graft_module_load_failures_total",
-                &[r#"patch="other-patch""#, r#"reason="sha256_mismatch""#, node]
+                &[
+                    r#"patch="other-patch""#,
+                    r#"reason="sha256_mismatch""#,
+                    node
+                ]
             ),
             Some(1.0)
         );
@@ -594,8 +603,12 @@ mod tests {
             line_value(&text, "graft_transition_blocking_tasks", &[patch]),
             Some(1.0)
         );
-        let started = line_value(&text, "graft_transition_started_timestamp_seconds", &[patch])
-            .expect("start time from the journal");
+        let started = line_value(
+            &text,
+            "graft_transition_started_timestamp_seconds",
+            &[patch],
+        )
+        .expect("start time from the journal");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

@@ -197,7 +197,7 @@ impl Agent {
                         r = obj_rx.changed() => if r.is_err() {
                             break Err(ClusterError::WatchEnded { node: self.cfg.node_name.clone() });
                         },
-                        _ = stop.wait_for(|s| *s) => {}
+                        _ = stopped(&mut stop) => {}
                     }
                     continue;
                 }
@@ -252,18 +252,14 @@ impl Agent {
                         Observed::Present(_) => return Ok(()),
                     }
                 }
-                _ = stop.wait_for(|s| *s) => return Ok(()),
+                _ = stopped(stop) => return Ok(()),
             }
         }
     }
 
     /// Brings the model up to date with the object and the kernel, reports
     /// what needs no kernel work, and returns the first entry that does.
-    async fn reconcile(
-        &self,
-        run: &mut Run,
-        obj: &LivePatchNode,
-    ) -> Option<(NodePatch, Action)> {
+    async fn reconcile(&self, run: &mut Run, obj: &LivePatchNode) -> Option<(NodePatch, Action)> {
         let facts = self.kernel_facts(run).await;
         let simulated = self.kernel.kind().is_simulated();
         if run.uid != obj.uid() {
@@ -552,7 +548,7 @@ impl Agent {
                         interrupt.store(true, Ordering::Release);
                     }
                 }
-                _ = stop.wait_for(|s| *s) => {
+                _ = stopped(stop) => {
                     tracing::info!(patch = lp, "stopping: leaving the transition to the kernel");
                     interrupt.store(true, Ordering::Release);
                     match tokio::time::timeout(self.cfg.shutdown_grace, &mut handle).await {
@@ -764,12 +760,17 @@ impl Agent {
     }
 }
 
+/// Completes once the stop flag is set (never, if its sender went without setting it).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Whether the spec entry of the running operation changed (or went).
 fn entry_changed(observed: &Observed, run: &Run, spec: &NodePatch) -> bool {
     match observed {
-        Observed::Present(o) => {
-            o.uid() != run.uid || o.spec.patch(&spec.live_patch) != Some(spec)
-        }
+        Observed::Present(o) => o.uid() != run.uid || o.spec.patch(&spec.live_patch) != Some(spec),
         Observed::Missing | Observed::NotSynced => false,
     }
 }

@@ -65,10 +65,9 @@ impl ModuleFetcher {
         match source.get() {
             Some(SourceRef::HostPath(p)) => format!("hostPath {p}"),
             Some(SourceRef::Url(u)) => format!("url {u}"),
-            Some(SourceRef::ConfigMap(cm)) => format!(
-                "ConfigMap {}/{} key {}",
-                self.namespace, cm.name, cm.key
-            ),
+            Some(SourceRef::ConfigMap(cm)) => {
+                format!("ConfigMap {}/{} key {}", self.namespace, cm.name, cm.key)
+            }
             None => "an invalid source".to_string(),
         }
     }
@@ -404,7 +403,15 @@ mod tests {
         let p = dir.path().join("m.ko");
         std::fs::write(&p, [1u8; 32]).unwrap();
         assert_eq!(read_capped(&p, 32).unwrap().len(), 32);
-        assert!(read_capped(&p, 31).unwrap_err().contains("more than the 31"));
-        assert!(read_capped(dir.path(), 31).unwrap_err().contains("not a regular file"));
+        assert!(
+            read_capped(&p, 31)
+                .unwrap_err()
+                .contains("more than the 31")
+        );
+        assert!(
+            read_capped(dir.path(), 31)
+                .unwrap_err()
+                .contains("not a regular file")
+        );
     }
 }

@@ -156,9 +156,7 @@ async fn kube_client(node: &str) -> Result<kube::Client, String> {
     let mut config = kube::Config::infer().await.map_err(|e| e.to_string())?;
     let agent = format!("graft-agent/{AGENT_VERSION} (node {node})");
     let value = http::header_value(&agent)?;
-    config
-        .headers
-        .push((::http::header::USER_AGENT, value));
+    config.headers.push((::http::header::USER_AGENT, value));
     kube::Client::try_from(config).map_err(|e| e.to_string())
 }
 

@@ -107,8 +107,9 @@ pub fn decide(
                 return Action::Report {
                     state: PatchState::NotApplicable,
                     reason: Some(reason::LIVEPATCH_UNSUPPORTED),
-                    message: "this node's kernel does not support livepatch (no /sys/kernel/livepatch)"
-                        .into(),
+                    message:
+                        "this node's kernel does not support livepatch (no /sys/kernel/livepatch)"
+                            .into(),
                 };
             }
             if spec.module.kernel_release != kernel.release {
@@ -137,7 +138,8 @@ pub fn decide(
             }
         }
         DesiredState::Disabled => {
-            if failed_same && status.is_some_and(|s| s.reason.as_deref() == Some(reason::REVERT_FAILED))
+            if failed_same
+                && status.is_some_and(|s| s.reason.as_deref() == Some(reason::REVERT_FAILED))
             {
                 return Action::Nothing;
             }
@@ -355,7 +357,12 @@ mod tests {
         let s = spec(DesiredState::Disabled, 2, SHA);
         let st = status(PatchState::Applied, 1, SHA);
         assert_eq!(
-            decide(&s, Some(&st), false, &kernel(&[("graft_demo", true, false)])),
+            decide(
+                &s,
+                Some(&st),
+                false,
+                &kernel(&[("graft_demo", true, false)])
+            ),
             Action::Revert {
                 sysfs_name: "graft_demo".into()
             }
@@ -428,7 +435,10 @@ mod tests {
         );
         s.transition.allow_force = true;
         let opts = apply_options(&s, Duration::from_secs(1)).unwrap();
-        assert_eq!((opts.on_stall, opts.allow_force), (StallPolicy::Force, true));
+        assert_eq!(
+            (opts.on_stall, opts.allow_force),
+            (StallPolicy::Force, true)
+        );
         s.transition.stall_after = "5m".into();
         assert_eq!(
             apply_options(&s, Duration::from_secs(1))

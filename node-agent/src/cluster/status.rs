@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use graft_crds::{
-    API_VERSION, AGENT_FIELD_MANAGER, BlockingTask, LivePatchNode, LivePatchNodeStatus,
+    AGENT_FIELD_MANAGER, API_VERSION, BlockingTask, LivePatchNode, LivePatchNodeStatus,
     MAX_BLOCKING_TASKS, NodePatch, PatchState, PatchStatus, TransitionStatus, TransitionTarget,
 };
 use k8s_openapi::api::core::v1::Pod;
@@ -54,7 +54,11 @@ impl NodeModel {
     /// Starts from what the API server holds (the status an earlier run of
     /// the agent wrote), adjusted to the kernel as it is now: after a reboot
     /// everything that was applied has to be applied again.
-    pub fn seed(previous: Option<&LivePatchNodeStatus>, kernel: &KernelFacts, simulated: bool) -> Self {
+    pub fn seed(
+        previous: Option<&LivePatchNodeStatus>,
+        kernel: &KernelFacts,
+        simulated: bool,
+    ) -> Self {
         let mut model = Self {
             kernel_release: kernel.release.clone(),
             boot_id: kernel.boot_id.clone(),
@@ -302,20 +306,48 @@ impl NodeModel {
             .map(|p| p.live_patch.as_str())
             .collect();
         let ready = if busy.is_empty() {
-            ("True", "AsSpecified", "every patch is as the spec asks".to_string())
+            (
+                "True",
+                "AsSpecified",
+                "every patch is as the spec asks".to_string(),
+            )
         } else if !failed.is_empty() {
-            ("False", "PatchFailed", format!("failed: {}", failed.join(", ")))
+            (
+                "False",
+                "PatchFailed",
+                format!("failed: {}", failed.join(", ")),
+            )
         } else if !stalled.is_empty() {
-            ("False", "TransitionStalled", format!("stalled: {}", stalled.join(", ")))
+            (
+                "False",
+                "TransitionStalled",
+                format!("stalled: {}", stalled.join(", ")),
+            )
         } else {
-            ("False", "InProgress", format!("in progress: {}", busy.join(", ")))
+            (
+                "False",
+                "InProgress",
+                format!("in progress: {}", busy.join(", ")),
+            )
         };
         let degraded = if !failed.is_empty() {
-            ("True", "PatchFailed", format!("failed: {}", failed.join(", ")))
+            (
+                "True",
+                "PatchFailed",
+                format!("failed: {}", failed.join(", ")),
+            )
         } else if !stalled.is_empty() {
-            ("True", "TransitionStalled", format!("stalled: {}", stalled.join(", ")))
+            (
+                "True",
+                "TransitionStalled",
+                format!("stalled: {}", stalled.join(", ")),
+            )
         } else {
-            ("False", "NoProblem", "no patch failed or stalled".to_string())
+            (
+                "False",
+                "NoProblem",
+                "no patch failed or stalled".to_string(),
+            )
         };
         let generation = self.observed_generation;
         for (type_, (status, reason, message)) in [("Ready", ready), ("Degraded", degraded)] {
