@@ -237,7 +237,11 @@ mod tests {
 
     #[test]
     fn match_expressions_follow_kubernetes_semantics() {
-        type Case = (LabelSelectorRequirement, &'static [(&'static str, &'static str)], bool);
+        type Case = (
+            LabelSelectorRequirement,
+            &'static [(&'static str, &'static str)],
+            bool,
+        );
         let cases: &[Case] = &[
             (
                 expr("pool", "In", &["web", "api"]),
