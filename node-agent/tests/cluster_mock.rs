@@ -686,7 +686,7 @@ async fn stalled_transition_reports_the_blocking_task_its_function_and_pod() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pods_are_left_unnamed_when_rbac_forbids_listing_them() {
+async fn a_stopped_agent_leaves_the_transition_to_the_kernel_and_resumes_it() {
     let node = Node::new();
     node.sim()
         .add_task(NewTask {
@@ -707,28 +707,71 @@ async fn pods_are_left_unnamed_when_rbac_forbids_listing_them() {
     );
     e.transition.stall_after = "1s".into();
     let api = FakeApi::new(None);
-    api.create(vec![e]);
+    api.create(vec![e.clone()]);
     let agent = start(&node, &api);
     let status = api
         .wait_status("Stalled", |s| patch_state(s) == Some("Stalled"))
         .await;
+    // RBAC does not allow listing pods: the task keeps its pod UID only.
     let task = &status["patches"][0]["transition"]["blockingTasks"][0];
     assert_eq!(task["podUid"], POD_UID);
     assert_eq!(task["kernelThread"], true);
     assert!(task.get("podName").is_none());
+    let started = status["patches"][0]["transition"]["started"].clone();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         api.state.lock().unwrap().pod_lists,
         1,
         "asked once, then remembered"
     );
+
+    // SIGTERM: the agent goes, the kernel carries on with the transition.
     agent.stop().await;
-    // The kernel carries on after the agent left.
     assert_eq!(
         node.sim().snapshot().unwrap().transition.unwrap().patch,
         "graft_stall"
     );
+
+    // The next agent picks the transition up where it is (same start time) ...
+    let api2 = FakeApi::new(api.object());
+    let agent = start(&node, &api2);
+    let resumed = api2
+        .wait_status("Stalled again", |s| {
+            patch_state(s) == Some("Stalled")
+                && s["patches"][0]["transition"]["blockingTasks"][0]["comm"] == "holder"
+        })
+        .await;
+    let again = resumed["patches"][0]["transition"]["started"]
+        .as_str()
+        .unwrap();
+    let diff = (parse_time(again) - parse_time(started.as_str().unwrap())).abs();
+    assert!(
+        diff < 1.0,
+        "resumed with the same start: {started} vs {again}"
+    );
+    assert!(
+        api2.statuses()
+            .iter()
+            .all(|s| patch_state(s) != Some("Loading")),
+        "not loaded again: {:?}",
+        states_seen(&api2.statuses())
+    );
+
+    // ... and a new spec cancels it: the agent detaches and reverts.
+    e.desired_state = DesiredState::Disabled;
+    e.live_patch_generation = Some(2);
+    api2.set_spec(vec![e]);
+    api2.wait_status("Reverted", |s| patch_state(s) == Some("Reverted"))
+        .await;
+    assert!(node.sim().snapshot().unwrap().modules.is_empty());
+    agent.stop().await;
     api.assert_no_unexpected_requests();
+    api2.assert_no_unexpected_requests();
+}
+
+fn parse_time(rfc3339: &str) -> f64 {
+    let t: k8s_openapi::jiff::Timestamp = rfc3339.parse().unwrap();
+    t.as_millisecond() as f64 / 1000.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -427,12 +427,22 @@ impl Agent {
         let source = fetcher.describe(&spec.module.source);
         let model = self.model(run);
         model.attempt(spec);
-        model.set(
-            lp,
-            PatchState::Loading,
-            None,
-            format!("fetching the module from {source}"),
-        );
+        // Picking up a transition the kernel is running (after a restart):
+        // the module is needed again, but the state stays what the kernel says.
+        let in_kernel = model.entry(lp).is_some_and(|e| {
+            matches!(
+                e.state,
+                PatchState::Transitioning | PatchState::Stalled | PatchState::Reverting
+            )
+        });
+        if !in_kernel {
+            model.set(
+                lp,
+                PatchState::Loading,
+                None,
+                format!("fetching the module from {source}"),
+            );
+        }
         self.publish(run);
 
         let fail = |run: &mut Run, why: &'static str, metric: &str, message: String| {
