@@ -123,8 +123,11 @@ pub struct TransitionReport {
     /// How long the kernel took, once it finished.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<f64>,
-    pub tasks_total: usize,
-    pub tasks_switched: usize,
+    /// Tasks taking part, from the last census (absent when none was taken).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks_total: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks_switched: Option<usize>,
     pub stalled: bool,
     /// The agent picked up a transition that an earlier invocation started.
     pub resumed: bool,
@@ -189,6 +192,7 @@ impl Observer for Quiet {
 enum FollowEnd {
     Completed {
         elapsed: Duration,
+        census: Option<TaskCensus>,
     },
     Stalled {
         action: StallPolicy,
@@ -461,10 +465,17 @@ impl<'k> Patcher<'k> {
         out.unloaded = unloaded;
         out.notes = notes;
         match end {
-            FollowEnd::Completed { elapsed } => {
+            FollowEnd::Completed { elapsed, census } => {
                 self.state.clear(name);
                 out.state = PatchState::Applied;
-                out.transition = Some(self.report(&record, elapsed, None, false, resumed, true));
+                out.transition = Some(self.report(
+                    &record,
+                    elapsed,
+                    census.as_ref(),
+                    false,
+                    resumed,
+                    true,
+                ));
                 out.unloaded
                     .extend(self.unload_inert_modules(deadline, observer)?);
                 out.message = format!(
@@ -763,13 +774,20 @@ impl<'k> Patcher<'k> {
             &mut out.notes,
         )?;
         match end {
-            FollowEnd::Completed { elapsed } => {
+            FollowEnd::Completed { elapsed, census } => {
                 self.state.clear(name);
                 self.wait_directory_gone(name, deadline, observer)?;
                 self.unload_when_free(name, deadline, observer)?;
                 out.unloaded.push(name.to_string());
                 out.state = PatchState::Reverted;
-                out.transition = Some(self.report(&record, elapsed, None, false, resumed, true));
+                out.transition = Some(self.report(
+                    &record,
+                    elapsed,
+                    census.as_ref(),
+                    false,
+                    resumed,
+                    true,
+                ));
                 out.message = format!(
                     "{name} reverted in {}: every task is back on the original code and the module is unloaded",
                     seconds(elapsed)
@@ -971,7 +989,7 @@ impl<'k> Patcher<'k> {
         let census_every = observer.census_interval();
         let mut next_census = Instant::now();
         let mut stalled = false;
-        let mut last_census;
+        let mut last_census = TaskCensus::default();
         let mut blocking: Vec<BlockingTask> = Vec::new();
         let mut next_signal = policy.signal_after.and_then(|d| started.checked_add(d));
         let mut said_signals = false;
@@ -980,8 +998,14 @@ impl<'k> Patcher<'k> {
                 AgentError::kernel(format!("reading /sys/kernel/livepatch/{name}"), e)
             })? {
                 Observation::Complete => {
+                    // Everyone who took part has switched.
+                    let census = (last_census.total > 0).then(|| TaskCensus {
+                        switched: last_census.total,
+                        ..last_census
+                    });
                     return Ok(FollowEnd::Completed {
                         elapsed: started.elapsed(),
+                        census,
                     });
                 }
                 Observation::Reversed(_) => return Ok(FollowEnd::Reversed),
@@ -1129,8 +1153,8 @@ impl<'k> Patcher<'k> {
             started: format_time(record.started()),
             elapsed_seconds: elapsed.as_secs_f64(),
             duration_seconds: finished.then_some(elapsed.as_secs_f64()),
-            tasks_total: census.map_or(0, |c| c.total),
-            tasks_switched: census.map_or(0, |c| c.switched),
+            tasks_total: census.map(|c| c.total),
+            tasks_switched: census.map(|c| c.switched),
             stalled,
             resumed,
         }

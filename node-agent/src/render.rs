@@ -72,10 +72,9 @@ pub fn outcome(o: &Outcome) -> String {
                 t.elapsed_seconds
             ),
         };
-        let tasks = if t.tasks_total > 0 {
-            format!(", {}/{} tasks switched", t.tasks_switched, t.tasks_total)
-        } else {
-            String::new()
+        let tasks = match (t.tasks_switched, t.tasks_total) {
+            (Some(switched), Some(total)) => format!(", {switched}/{total} tasks switched"),
+            _ => String::new(),
         };
         let resumed = if t.resumed { " (resumed)" } else { "" };
         field(&mut out, "transition", format!("{timing}{tasks}{resumed}"));
