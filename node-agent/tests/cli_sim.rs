@@ -230,8 +230,13 @@ fn bad_modules_are_refused_before_any_kernel_call() {
     let dir = sim.path();
     std::fs::write(dir.join("script.ko"), "#!/bin/sh\necho not a module\n").unwrap();
     let no_modinfo = dir.join("nomodinfo.ko");
-    // An ELF without .modinfo: take any ELF binary on the system.
-    std::fs::copy(agent_bin(), &no_modinfo).unwrap();
+    // An ELF without .modinfo (the agent's own binary is one, but a debug
+    // build of it is larger than any module may be).
+    std::fs::write(
+        &no_modinfo,
+        graft_agent::module_file::write_module_elf(&[(".data", b"1234")]),
+    )
+    .unwrap();
     let plain = sim.module("ext4", &["--not-livepatch"]);
     let other_release = dir.join("other.ko");
     let r = sim.raw(&[
