@@ -93,7 +93,9 @@ async fn run_async(kernel: Arc<dyn Kernel>, state: StateDir, args: RunArgs) -> i
     let client = match kube_client(&args.node_name).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: cannot configure the Kubernetes client (KUBECONFIG or the in-cluster service account): {e}");
+            eprintln!(
+                "error: cannot configure the Kubernetes client (KUBECONFIG or the in-cluster service account): {e}"
+            );
             return exit_code::BAD_INPUT;
         }
     };
