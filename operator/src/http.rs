@@ -122,3 +122,77 @@ pub async fn serve(
         .await
         .map_err(|source| Error::Serve { addr, source })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    async fn get(health: &Arc<Health>, path: &str) -> (StatusCode, String) {
+        let response = router(health.clone())
+            .oneshot(
+                axum::http::Request::builder()
+                    .uri(path)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn readyz_waits_for_every_watch_and_livez_for_a_turning_loop() {
+        let readiness = Arc::new(Readiness::default());
+        let health = Arc::new(Health::new(readiness.clone(), Arc::new(Metrics::new())));
+        let (status, body) = get(&health, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("LivePatch, LivePatchNode, Node"), "{body}");
+        readiness.mark_all_ready_for_tests();
+        assert_eq!(get(&health, "/readyz").await.0, StatusCode::OK);
+
+        assert_eq!(get(&health, "/livez").await.0, StatusCode::OK);
+        health.last_turn.store(
+            unix_seconds() - LIVENESS_WINDOW.as_secs() - 5,
+            Ordering::Release,
+        );
+        let (status, body) = get(&health, "/livez").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("has not turned"), "{body}");
+        health.turned();
+        assert_eq!(get(&health, "/livez").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_as_prometheus_text() {
+        let health = Arc::new(Health::new(
+            Arc::new(Readiness::default()),
+            Arc::new(Metrics::new()),
+        ));
+        health.metrics.set_leader(true);
+        let response = router(health.clone())
+            .oneshot(
+                axum::http::Request::builder()
+                    .uri("/metrics")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain; version=0.0.4")
+        );
+        let (_, body) = get(&health, "/metrics").await;
+        assert!(body.contains("graft_operator_leader 1"), "{body}");
+        assert_eq!(get(&health, "/nope").await.0, StatusCode::NOT_FOUND);
+    }
+}
