@@ -60,6 +60,8 @@ struct ApiState {
     parked_watch: Option<Responder>,
     pending_events: Vec<Value>,
     unexpected: Vec<String>,
+    /// Status writes to answer with 500 (the API server is having trouble).
+    fail_status_writes: usize,
 }
 
 impl ApiState {
@@ -200,6 +202,11 @@ impl FakeApi {
                             "status PATCH without {what}: {query:?} {content_type:?}"
                         ));
                     }
+                }
+                if s.fail_status_writes > 0 {
+                    s.fail_status_writes -= 1;
+                    send.send_response(api_error(500, "InternalError"));
+                    return;
                 }
                 let applied: Value = serde_json::from_slice(&body).unwrap();
                 if applied["apiVersion"] != "graft.dev/v1alpha1"
@@ -1040,6 +1047,28 @@ async fn on_stall_revert_reverts_and_reports_failed() {
         seen.contains(&"Stalled".to_string()) || seen.contains(&"Reverting".to_string()),
         "{seen:?}"
     );
+    agent.stop().await;
+    api.assert_no_unexpected_requests();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_status_writes_are_retried_and_the_kernel_work_goes_on() {
+    let node = Node::new();
+    let bytes = module("graft_demo", "cmdline_proc_show", 200);
+    let (path, sha) = node.host_module(&bytes);
+    let api = FakeApi::new(None);
+    api.state.lock().unwrap().fail_status_writes = 4;
+    api.create(vec![entry(
+        ModuleSource::host_path(&path),
+        &sha,
+        DesiredState::Enabled,
+        1,
+    )]);
+    let agent = start(&node, &api);
+    api.wait_status("Applied", |s| patch_state(s) == Some("Applied"))
+        .await;
+    assert_eq!(api.state.lock().unwrap().fail_status_writes, 0);
+    assert_eq!(node.loaded_patches(), vec!["graft_demo"]);
     agent.stop().await;
     api.assert_no_unexpected_requests();
 }
