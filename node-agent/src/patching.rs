@@ -468,14 +468,8 @@ impl<'k> Patcher<'k> {
             FollowEnd::Completed { elapsed, census } => {
                 self.state.clear(name);
                 out.state = PatchState::Applied;
-                out.transition = Some(self.report(
-                    &record,
-                    elapsed,
-                    census.as_ref(),
-                    false,
-                    resumed,
-                    true,
-                ));
+                out.transition =
+                    Some(self.report(&record, elapsed, census.as_ref(), false, resumed, true));
                 out.unloaded
                     .extend(self.unload_inert_modules(deadline, observer)?);
                 out.message = format!(
@@ -780,14 +774,8 @@ impl<'k> Patcher<'k> {
                 self.unload_when_free(name, deadline, observer)?;
                 out.unloaded.push(name.to_string());
                 out.state = PatchState::Reverted;
-                out.transition = Some(self.report(
-                    &record,
-                    elapsed,
-                    census.as_ref(),
-                    false,
-                    resumed,
-                    true,
-                ));
+                out.transition =
+                    Some(self.report(&record, elapsed, census.as_ref(), false, resumed, true));
                 out.message = format!(
                     "{name} reverted in {}: every task is back on the original code and the module is unloaded",
                     seconds(elapsed)
@@ -999,7 +987,7 @@ impl<'k> Patcher<'k> {
             })? {
                 Observation::Complete => {
                     // Everyone who took part has switched.
-                    let census = (last_census.total > 0).then(|| TaskCensus {
+                    let census = (last_census.total > 0).then_some(TaskCensus {
                         switched: last_census.total,
                         ..last_census
                     });
