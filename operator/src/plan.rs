@@ -1190,10 +1190,9 @@ fn finish_patch(
         ..LivePatchStatus::default()
     };
     status.tally(states.iter().copied());
-    let cordoned: u32 = outcome
-        .targets
+    let cordoned: u32 = cordoned_after
         .iter()
-        .filter(|(i, _)| cordoned_after[*i].contains(name))
+        .filter(|patches| patches.contains(name))
         .count()
         .try_into()
         .unwrap_or(u32::MAX);
