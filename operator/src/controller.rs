@@ -181,8 +181,14 @@ pub async fn reconcile_loop(
     let mut memory = Memory::default();
     let mut retry: Option<Duration> = None;
     let mut leader_alive = true;
+    let mut first = true;
     loop {
-        let wait = retry.unwrap_or(timing.resync);
+        let wait = if first {
+            Duration::ZERO
+        } else {
+            retry.unwrap_or(timing.resync)
+        };
+        first = false;
         tokio::select! {
             () = wake.notified() => {}
             changed = leader.changed(), if leader_alive => {
@@ -210,12 +216,12 @@ pub async fn reconcile_loop(
             break;
         }
         health.turned();
+        let is_leader = leader_alive && *leader.borrow();
+        ctx.metrics.set_leader(is_leader);
         if !health.readiness.ready() {
             debug!(missing = ?health.readiness.not_ready(), "waiting for the watches' first data");
             continue;
         }
-        let is_leader = leader_alive && *leader.borrow();
-        ctx.metrics.set_leader(is_leader);
         let started = Instant::now();
         let world = stores.world(operator_node.clone());
         let plan = plan::plan(&world, &memory, &now());

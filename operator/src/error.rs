@@ -39,7 +39,7 @@ pub enum Error {
     },
 
     /// A watch failed (it is retried with backoff).
-    #[error("watching {kind}s failed (retrying): {source}")]
+    #[error("watch of {kind} objects failed (retrying with backoff): {source}")]
     Watch {
         /// The kind watched.
         kind: &'static str,

@@ -1,5 +1,7 @@
 //! `graft-operator`: see `graft-operator --help`.
 
+use std::process::ExitCode;
+
 use anyhow::Context as _;
 use clap::Parser;
 use graft_operator::{
@@ -32,9 +34,7 @@ async fn shutdown_signal() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    init_logging(args.log_format);
+fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,4 +45,16 @@ fn main() -> anyhow::Result<()> {
         controller::run(client, config, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("graft-operator: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
