@@ -598,7 +598,14 @@ pub fn plan(world: &World, memory: &Memory, now: &Time) -> Plan {
                     && o.name == view.name
             })
         });
-        let same_spec = view.lpn.is_some_and(|lpn| lpn.spec == spec);
+        // Compared as a map keyed by LivePatch: the API server may keep the
+        // entries of a list-map in another order than we applied them.
+        let same_spec = view.lpn.is_some_and(|lpn| {
+            let mut existing: Vec<&NodePatch> = lpn.spec.patches.iter().collect();
+            existing.sort_by(|a, b| a.live_patch.cmp(&b.live_patch));
+            existing.len() == spec.patches.len()
+                && existing.iter().zip(&spec.patches).all(|(a, b)| *a == b)
+        });
         if !(owned && same_spec) {
             out.node_specs.push(NodeSpecWrite {
                 node: view.name.to_owned(),

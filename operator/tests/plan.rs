@@ -838,3 +838,13 @@ fn status_reports_the_observed_generation_and_conditions_keep_their_time() {
     assert_eq!(entry.transition.stall_after, "2m");
     assert_eq!(entry.live_patch_generation, Some(1));
 }
+
+#[test]
+fn entries_stored_in_another_order_are_not_rewritten() {
+    let mut cluster = Cluster::new([node("n1", "")], [live_patch("a"), live_patch("b")]);
+    cluster.settle(4);
+    let lpn = cluster.lpns.get_mut("n1").unwrap();
+    assert_eq!(lpn.spec.patches.len(), 2);
+    lpn.spec.patches.reverse();
+    assert!(cluster.plan().node_specs.is_empty());
+}
