@@ -835,8 +835,22 @@ def test_the_helm_binary_lints_and_renders_the_same_objects(chart: helm.Chart) -
 # --- the flags the chart passes exist in the binaries ------------------------------------------
 
 
+def target_dir() -> Path:
+    """Where cargo puts binaries: CARGO_TARGET_DIR, or the workspace's target/."""
+    run = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--no-deps"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if run.returncode == 0:
+        return Path(json.loads(run.stdout)["target_directory"])
+    return REPO / "target"
+
+
 def help_text(binary: str, *args: str) -> str:
-    path = REPO / "target" / "debug" / binary
+    path = target_dir() / "debug" / binary
     if not path.exists():
         pytest.skip(f"{path} is not built (cargo build -p {binary})")
     run = subprocess.run([str(path), *args, "--help"], capture_output=True, text=True, timeout=30)

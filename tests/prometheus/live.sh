@@ -112,10 +112,17 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     finish
 fi
 
+# Where cargo puts binaries (CARGO_TARGET_DIR or the workspace's target/).
+target_dir() {
+    (cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null) |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null ||
+        printf '%s\n' "$ROOT/target"
+}
+
 AGENT="${GRAFT_AGENT:-}"
 if [ -z "$AGENT" ]; then
     if (cd "$ROOT" && timeout 1500 cargo build --quiet -p graft-agent --bin graft-agent) >"$WORK/build.log" 2>&1; then
-        AGENT="$ROOT/target/debug/graft-agent"
+        AGENT="$(target_dir)/debug/graft-agent"
         pass "graft-agent builds"
     else
         fail "graft-agent builds" "cargo build failed: $(tail -n 5 "$WORK/build.log" | tr '\n' ' ')"
@@ -365,7 +372,7 @@ fi
 
 # --- the operator's metrics -------------------------------------------------------------
 
-OPERATOR="${GRAFT_OPERATOR:-$ROOT/target/debug/graft-operator}"
+OPERATOR="${GRAFT_OPERATOR:-$(target_dir)/debug/graft-operator}"
 if [ ! -x "$OPERATOR" ] && [ -z "${GRAFT_OPERATOR:-}" ] && [ -f "$ROOT/operator/Cargo.toml" ]; then
     (cd "$ROOT" && timeout 1500 cargo build --quiet -p graft-operator --bin graft-operator) >"$WORK/build-operator.log" 2>&1 || true
 fi
