@@ -225,6 +225,11 @@ def check_status_matches_sysfs(s: Scenario, where: str, doc, sysfs: dict, releas
             continue
         s.expect(p.get("enabled") is attrs["enabled"], f"{where}: {name}.enabled {p.get('enabled')!r}, sysfs says {attrs['enabled']}")
         s.expect(p.get("transition") is attrs["transition"], f"{where}: {name}.transition {p.get('transition')!r}, sysfs says {attrs['transition']}")
+        if attrs["enabled"] and not attrs["transition"]:
+            s.expect(p.get("state") == "Applied", f"{where}: {name}.state {p.get('state')!r}, sysfs says applied")
+        elif attrs["transition"]:
+            s.expect(p.get("state") in ("Transitioning", "Stalled", "Reverting"),
+                     f"{where}: {name}.state {p.get('state')!r} while sysfs shows a transition")
         # Kernel difference, stated explicitly: 6.11+ has a read-only `replace`
         # attribute, older kernels (6.1) do not and status must say null.
         if expect_replace == "exposed":
@@ -297,6 +302,7 @@ def scenarios(suite: Boot, sig: Boot) -> list[Scenario]:
     if run is not None:
         s.expect(run.rc == 0 and "graft_rig_hold" in "\n".join(run.out), "`blocking` (human) does not show graft_rig_hold")
     doc = s.agent(suite, "s3.status", 0)
+    check_status_matches_sysfs(s, "s3.status", doc, sysfs_patches(suite.facts.get("s3.sysfs")), release)
     if isinstance(doc, dict):
         p = {x.get("name"): x for x in doc.get("patches") or []}.get("graft_stall_patch", {})
         s.expect(p.get("transition") is True, f"s3.status: graft_stall_patch.transition is {p.get('transition')!r}, expected true")
@@ -348,6 +354,7 @@ def scenarios(suite: Boot, sig: Boot) -> list[Scenario]:
                  f"s8.restart_human does not say the transition was already in progress: {one_line(text)!r}")
     s.expect(s.fact(suite, "s8.stall_patch_loads") == "1", "graft_stall_patch is not loaded exactly once")
     doc = s.agent(suite, "s8.status", 0)
+    check_status_matches_sysfs(s, "s8.status", doc, sysfs_patches(suite.facts.get("s8.sysfs")), release)
     if isinstance(doc, dict):
         p = {x.get("name"): x for x in doc.get("patches") or []}.get("graft_stall_patch", {})
         s.expect(p.get("transition") is True, f"s8.status: graft_stall_patch.transition is {p.get('transition')!r}, expected true")
