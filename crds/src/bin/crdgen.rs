@@ -11,7 +11,7 @@ Generates Graft's CustomResourceDefinitions (graft.dev/v1alpha1) from the Rust t
 
   (no option)      print every CRD to stdout as one multi-document YAML stream
   --out-dir DIR    write DIR/livepatch.yaml and DIR/livepatchnode.yaml
-                   (e.g. crds, or charts/graft/crds for the Helm chart)
+                   (e.g. crds, or charts/graft/files/crds for the Helm chart)
   --check DIR      exit 1 when the files in DIR differ from the Rust types
   -h, --help       print this help
 ";
