@@ -452,16 +452,13 @@ pub fn plan(world: &World, memory: &Memory, now: &Time) -> Plan {
         .map(Arc::as_ref)
         .filter(|n| n.metadata.name.is_some() && select::is_linux(n))
         .collect();
-    linux.sort_by(|a, b| {
-        let key = |n: &'_ Node| {
-            let name = n.metadata.name.clone().unwrap_or_default();
-            (
-                Some(name.as_str()) == operator_node,
-                select::zone(n).to_owned(),
-                name,
-            )
-        };
-        key(a).cmp(&key(b))
+    linux.sort_by_cached_key(|n| {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        (
+            Some(name.as_str()) == operator_node,
+            select::zone(n).to_owned(),
+            name,
+        )
     });
     linux.dedup_by(|a, b| a.metadata.name == b.metadata.name);
     let mut views: Vec<NodeView<'_>> = linux
@@ -766,13 +763,16 @@ fn plan_patch<'a>(lp: &'a LivePatch, views: &mut [NodeView<'_>]) -> PatchOutcome
             view.entries.insert(name.to_owned(), entry);
         }
     }
-    let desired_of = |index: usize| targets.iter().find(|(i, _)| *i == index).map(|(_, m)| *m);
+    let mut module_of: Vec<Option<usize>> = vec![None; views.len()];
+    for &(index, module) in &targets {
+        module_of[index] = Some(module);
+    }
     let touched: Vec<(usize, PatchState)> = views
         .iter()
         .enumerate()
         .filter_map(|(index, view)| {
             let entry = view.entries.get(name)?;
-            let state = match desired_of(index) {
+            let state = match module_of[index] {
                 Some(module) => counted_state(view, entry, &desired_entry(view, module), mode),
                 None => view.effective(entry),
             };

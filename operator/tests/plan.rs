@@ -848,3 +848,31 @@ fn entries_stored_in_another_order_are_not_rewritten() {
     lpn.spec.patches.reverse();
     assert!(cluster.plan().node_specs.is_empty());
 }
+
+/// Not a benchmark, a guard against accidentally quadratic planning: a
+/// 3,000-node fleet with four LivePatches plans in well under a second even
+/// in a debug build (run with --ignored to see the time).
+#[test]
+#[ignore = "timing; run explicitly"]
+fn planning_a_large_fleet_is_fast() {
+    let nodes: Vec<_> = (0..3000)
+        .map(|i| node(&format!("n{i:04}"), ["a", "b", "c"][i % 3]))
+        .collect();
+    let lps: Vec<_> = (0..4)
+        .map(|i| {
+            rollout(
+                live_patch(&format!("p{i}")),
+                IntOrString::String("10%".into()),
+                5,
+            )
+        })
+        .collect();
+    let mut cluster = Cluster::new(nodes, lps);
+    cluster.step();
+    let started = std::time::Instant::now();
+    let plan = cluster.plan();
+    let elapsed = started.elapsed();
+    eprintln!("planned 3000 nodes x 4 patches in {elapsed:?}");
+    assert!(plan.node_specs.is_empty());
+    assert!(elapsed < std::time::Duration::from_secs(5));
+}
