@@ -469,10 +469,14 @@ pub fn plan(world: &World, memory: &Memory, now: &Time) -> Plan {
             let agent_status = lpn.and_then(|l| l.status.as_ref());
             let trusted = match (select::boot_id(node), agent_status) {
                 (_, None) => false,
-                (Some(node_boot), Some(status)) => status
-                    .boot_id
-                    .as_deref()
-                    .is_none_or(|agent_boot| agent_boot == node_boot),
+                // A simulated kernel has its own boot ID, unrelated to the kubelet's.
+                (Some(node_boot), Some(status)) => {
+                    status.simulated
+                        || status
+                            .boot_id
+                            .as_deref()
+                            .is_none_or(|agent_boot| agent_boot == node_boot)
+                }
                 (None, Some(_)) => true,
             };
             NodeView {

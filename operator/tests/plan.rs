@@ -296,6 +296,19 @@ fn a_new_boot_id_resets_the_node_until_its_agent_reports_again() {
 }
 
 #[test]
+fn a_simulated_kernel_is_trusted_whatever_the_kubelets_boot_id() {
+    // A simulated agent on a real node reports the simulation's boot ID, not the kubelet's.
+    let mut cluster = Cluster::new([node("n1", "")], [live_patch("fix")]);
+    cluster.step();
+    cluster.report("n1", "fix", PatchState::Applied);
+    let status = cluster.lpns.get_mut("n1").unwrap().status.as_mut().unwrap();
+    status.boot_id = Some("simulated-boot".into());
+    status.simulated = true;
+    cluster.step();
+    assert_eq!(cluster.status("fix").applied, 1);
+}
+
+#[test]
 fn failed_nodes_hold_their_rollout_slot() {
     let lp = rollout(live_patch("fix"), IntOrString::Int(2), 5);
     let mut cluster = Cluster::new(five_nodes(), [lp]);
