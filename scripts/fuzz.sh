@@ -18,12 +18,16 @@
 #   FUZZ_SANITIZER   address (default) or none (about twice as fast; the
 #                    parser is safe Rust, so ASan guards only its dependencies)
 #   FUZZ_TARGET      the fuzz target (default module_parser)
+#   FUZZ_TARGET_DIR  cargo's target directory for the fuzz build (default
+#                    node-agent/fuzz/target; a directory outside the checkout
+#                    lets fresh clones on one machine share the build)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FUZZ_DIR="$ROOT/node-agent/fuzz"
 TARGET="${FUZZ_TARGET:-module_parser}"
 SANITIZER="${FUZZ_SANITIZER:-address}"
+FUZZ_TARGET_DIR="${FUZZ_TARGET_DIR:-$FUZZ_DIR/target}"
 SECONDS_TO_RUN="${1:-60}"
 
 log() { printf 'fuzz: %s\n' "$*" >&2; }
@@ -48,7 +52,7 @@ fi
 
 # One set of flags for build and run, so that `run` does not rebuild.
 # Debug assertions turn integer overflow in the parser into a crash.
-FLAGS=(--fuzz-dir "$FUZZ_DIR" --target-dir "$FUZZ_DIR/target" --sanitizer "$SANITIZER" --debug-assertions)
+FLAGS=(--fuzz-dir "$FUZZ_DIR" --target-dir "$FUZZ_TARGET_DIR" --sanitizer "$SANITIZER" --debug-assertions)
 
 CORPUS="$FUZZ_DIR/corpus/$TARGET"
 ARTIFACTS="$FUZZ_DIR/artifacts/$TARGET"
@@ -77,7 +81,7 @@ seed() {
 
 build() {
     local started=$SECONDS
-    log "building $TARGET (sanitizer $SANITIZER) in $FUZZ_DIR/target"
+    log "building $TARGET (sanitizer $SANITIZER) in $FUZZ_TARGET_DIR"
     (cd "$ROOT" && cargo fuzz build "${FLAGS[@]}" "$TARGET") >&2 || die "cargo fuzz build failed"
     log "built in $((SECONDS - started))s"
 }
@@ -85,7 +89,8 @@ build() {
 seed
 build
 
-LOG="$FUZZ_DIR/target/$TARGET.log"
+mkdir -p "$FUZZ_TARGET_DIR"
+LOG="$FUZZ_TARGET_DIR/$TARGET.log"
 log "fuzzing $TARGET for ${SECONDS_TO_RUN}s (log: $LOG)"
 started=$SECONDS
 set +e

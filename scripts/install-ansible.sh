@@ -75,5 +75,6 @@ log "installing $REQUIREMENT into $VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$REQUIREMENT" >&2
 printf '%s\n' "$REQUIREMENT" >"$STAMP"
 installed || { log "ansible-playbook does not run after installing $REQUIREMENT"; exit 1; }
-log "$("$VENV/bin/ansible-playbook" --version | head -n 1)"
+version="$("$VENV/bin/ansible-playbook" --version)"
+log "${version%%$'\n'*}"
 printf '%s\n' "$VENV/bin"
