@@ -81,15 +81,21 @@ pub enum Command {
     Sim(SimCommand),
     /// Cluster mode (the DaemonSet): apply what this node's LivePatchNode asks
     /// and report its status; serves /metrics, /livez and /readyz.
+    #[cfg(feature = "cluster")]
     Run(crate::cluster::RunArgs),
     /// Serve the kernel's livepatch metrics (/metrics) without Kubernetes.
+    #[cfg(feature = "cluster")]
     Exporter(crate::exporter::ExporterArgs),
 }
 
 impl Command {
     /// Long-running commands log at info level by default; the others at warn.
     pub fn is_daemon(&self) -> bool {
-        matches!(self, Self::Run(_) | Self::Exporter(_))
+        #[cfg(feature = "cluster")]
+        if matches!(self, Self::Run(_) | Self::Exporter(_)) {
+            return true;
+        }
+        false
     }
 }
 
@@ -412,11 +418,13 @@ fn execute(cli: Cli) -> Result<i32, Failure> {
     };
     match cli.command {
         Command::Sim(cmd) => sim_command(cmd, json),
+        #[cfg(feature = "cluster")]
         Command::Run(args) => Ok(crate::cluster::run_command(
             &kernel_spec,
             cli.state_dir,
             args,
         )),
+        #[cfg(feature = "cluster")]
         Command::Exporter(args) => Ok(crate::exporter::run_command(
             &kernel_spec,
             cli.state_dir,
@@ -486,9 +494,9 @@ fn execute(cli: Cli) -> Result<i32, Failure> {
                     emit(json, &report, render::blocking);
                     Ok(exit_code::OK)
                 }
-                Command::Sim(_) | Command::Run(_) | Command::Exporter(_) => {
-                    unreachable!("handled above")
-                }
+                #[cfg(feature = "cluster")]
+                Command::Run(_) | Command::Exporter(_) => unreachable!("handled above"),
+                Command::Sim(_) => unreachable!("handled above"),
             }
         }
     }

@@ -9,12 +9,16 @@
 //! [`exporter`] serves the kernel metrics without Kubernetes.
 
 pub mod cli;
+#[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod error;
+#[cfg(feature = "cluster")]
 pub mod exporter;
+#[cfg(feature = "cluster")]
 pub mod http;
 pub mod journal;
 pub mod kernel;
+#[cfg(feature = "cluster")]
 pub mod metrics;
 pub mod module_file;
 pub mod module_memfd;
