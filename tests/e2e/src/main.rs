@@ -48,6 +48,10 @@ Environment:
   GRAFT_E2E_OPERATOR_BIN   graft-operator (default: next to this binary)
   GRAFT_E2E_HELM_PYTHON    a Python with helm-python-sdk, to render the chart (scenario 9)";
 
+/// Longest the scenarios may take together (each has its own limit too; a
+/// passing run takes a few minutes).
+const SUITE_BUDGET: Duration = Duration::from_secs(20 * 60);
+
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
@@ -260,14 +264,27 @@ async fn run(numbers: Vec<u8>) -> ExitCode {
         }
         Ok(()) => {
             let mut stopped = false;
+            let suite_started = Instant::now();
             for scenario in &selected {
-                if stopped {
-                    outcomes.push(Outcome {
+                let skip = if stopped {
+                    Some("not run: interrupted".to_owned())
+                } else if suite_started.elapsed() + scenario.limit > SUITE_BUDGET {
+                    Some(format!(
+                        "not run: the suite's {}-minute budget would be exceeded",
+                        SUITE_BUDGET.as_secs() / 60
+                    ))
+                } else {
+                    None
+                };
+                if let Some(reason) = skip {
+                    let outcome = Outcome {
                         number: scenario.number,
                         title: scenario.title,
                         seconds: 0.0,
-                        failure: Some("not run: interrupted".into()),
-                    });
+                        failure: Some(reason),
+                    };
+                    print_outcome(&outcome);
+                    outcomes.push(outcome);
                     continue;
                 }
                 eprintln!(
