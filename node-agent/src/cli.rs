@@ -178,6 +178,9 @@ pub enum SimCommand {
         /// A kernel without livepatch support.
         #[arg(long)]
         no_livepatch: bool,
+        /// A kernel booted with module.sig_enforce=1: unsigned modules are refused.
+        #[arg(long)]
+        sig_enforce: bool,
         /// Period of the kernel's fake signals to blocking user tasks.
         #[arg(long, default_value = "15s", value_parser = parse_duration)]
         signal_cycle: Duration,
@@ -540,7 +543,15 @@ fn inspect(
         .map_err(|e| AgentError::kernel("reading the kernel release", e))?;
     let refusal = module_file::check_loadable(&info, &release, sha256)
         .err()
-        .map(|e| e.to_string());
+        .map(|e| e.to_string())
+        .or_else(|| {
+            // The kernel would refuse it (EKEYREJECTED); say so before anyone tries.
+            (patcher.kernel().signatures_enforced() && !info.signed).then(|| {
+                "this kernel enforces module signatures (module.sig_enforce) and the module \
+                 is unsigned: sign it with a key the kernel trusts"
+                    .to_string()
+            })
+        });
     Ok(InspectReport {
         simulation: patcher.kernel().kind().is_simulated(),
         modinfo: info.modinfo.clone(),
@@ -601,12 +612,14 @@ fn sim_command(cmd: SimCommand, json: bool) -> Result<i32, Failure> {
             tasks,
             like,
             no_livepatch,
+            sig_enforce,
             signal_cycle,
         } => {
             let init = sim::SimInit {
                 release,
                 tasks,
                 livepatch: !no_livepatch,
+                sig_enforce,
                 attributes: like.attributes(),
                 signal_cycle,
             };

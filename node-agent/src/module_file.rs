@@ -14,6 +14,9 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{AgentError, Result};
 
+/// What `scripts/sign-file` appends after a module's signature.
+pub const SIGNATURE_TRAILER: &[u8] = b"~Module signature appended~\n";
+
 /// Larger files are not plausible livepatch modules (real ones are well under 1 MiB).
 pub const MAX_MODULE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -31,6 +34,8 @@ pub struct ModuleInfo {
     /// The kernel release the module was built for: the first word of `vermagic`.
     pub kernel_release: String,
     pub livepatch: bool,
+    /// Whether the file ends with a module signature (`~Module signature appended~`).
+    pub signed: bool,
     pub license: Option<String>,
     pub srcversion: Option<String>,
     pub depends: Vec<String>,
@@ -136,6 +141,7 @@ pub fn inspect_bytes(path: &Path, bytes: &[u8]) -> Result<ModuleInfo> {
         size_bytes: bytes.len() as u64,
         modinfo,
         sim_section,
+        signed: bytes.ends_with(SIGNATURE_TRAILER),
     })
 }
 
@@ -279,6 +285,16 @@ name=graft_demo\0vermagic=6.1.0-56-amd64 SMP preempt mod_unload modversions \0sr
         assert_eq!(info.size_bytes, elf.len() as u64);
         assert_eq!(info.sha256, sha256_hex(&elf));
         check_loadable(&info, "6.1.0-56-amd64", Some(&info.sha256.to_uppercase())).unwrap();
+    }
+
+    #[test]
+    fn sees_whether_a_module_is_signed() {
+        let elf = elf_with_sections(&[(".modinfo", DEMO_MODINFO)]);
+        assert!(!inspect_bytes(Path::new("d.ko"), &elf).unwrap().signed);
+        let mut signed = elf.clone();
+        signed.extend_from_slice(b"\x01\x02signature bytes");
+        signed.extend_from_slice(SIGNATURE_TRAILER);
+        assert!(inspect_bytes(Path::new("d.ko"), &signed).unwrap().signed);
     }
 
     #[test]

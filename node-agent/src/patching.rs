@@ -977,7 +977,10 @@ impl<'k> Patcher<'k> {
         let census_every = observer.census_interval();
         let mut next_census = Instant::now();
         let mut stalled = false;
-        let mut last_census = TaskCensus::default();
+        let mut last_census;
+        // The kernel resets every task to -1 just before `transition` drops, so a
+        // census taken in that window undercounts: report the most tasks seen.
+        let mut peak_total = 0;
         let mut blocking: Vec<BlockingTask> = Vec::new();
         let mut next_signal = policy.signal_after.and_then(|d| started.checked_add(d));
         let mut said_signals = false;
@@ -987,9 +990,10 @@ impl<'k> Patcher<'k> {
             })? {
                 Observation::Complete => {
                     // Everyone who took part has switched.
-                    let census = (last_census.total > 0).then_some(TaskCensus {
-                        switched: last_census.total,
-                        ..last_census
+                    let census = (peak_total > 0).then(|| TaskCensus {
+                        total: peak_total,
+                        switched: peak_total,
+                        blockers: Vec::new(),
                     });
                     return Ok(FollowEnd::Completed {
                         elapsed: started.elapsed(),
@@ -1004,6 +1008,7 @@ impl<'k> Patcher<'k> {
             if !stalled && stall_at.is_some_and(|at| now >= at) {
                 stalled = true;
                 (last_census, blocking) = self.census_and_blockers(&sysfs, target)?;
+                peak_total = peak_total.max(last_census.total);
                 let msg = stall_summary(name, started.elapsed(), &last_census, &blocking);
                 tracing::info!(patch = name, "{msg}");
                 let flow = observer.progress(&Progress {
@@ -1087,6 +1092,7 @@ impl<'k> Patcher<'k> {
                     )
                 };
                 last_census = c;
+                peak_total = peak_total.max(last_census.total);
                 if stalled {
                     blocking = b;
                 }

@@ -31,6 +31,7 @@ pub fn inspect(r: &InspectReport) -> String {
     field(&mut out, "module", m.path.display());
     field(&mut out, "name", &m.name);
     field(&mut out, "livepatch", yes_no(m.livepatch));
+    field(&mut out, "signed", yes_no(m.signed));
     field(&mut out, "built for", &m.kernel_release);
     field(&mut out, "running", &r.running_kernel);
     field(&mut out, "vermagic", &m.vermagic);

@@ -305,6 +305,31 @@ fn bad_modules_are_refused_before_any_kernel_call() {
 }
 
 #[test]
+fn an_unsigned_module_on_a_kernel_that_enforces_signatures() {
+    let sim = Sim::new(&["--sig-enforce"]);
+    let demo = sim.demo();
+    let (code, v) = sim.agent_json(&["inspect", &demo]);
+    assert_eq!(code, 2, "{v}");
+    assert_eq!(v["signed"], false);
+    assert_eq!(v["loadable"], false);
+    assert!(
+        v["refusal"]
+            .as_str()
+            .unwrap()
+            .contains("enforces module signatures"),
+        "{v}"
+    );
+    // apply leaves the verdict to the kernel, which refuses with EKEYREJECTED.
+    let (code, v) = sim.agent_json(&["apply", &demo]);
+    assert_eq!(code, 1, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("must be signed"),
+        "{v}"
+    );
+    assert!(sim.loaded_modules().is_empty());
+}
+
+#[test]
 fn bad_durations_and_names_are_usage_errors() {
     let sim = Sim::new(&[]);
     let demo = sim.demo();

@@ -91,6 +91,13 @@ impl Kernel for LinuxKernel {
         self.livepatch_dir().is_dir()
     }
 
+    fn signatures_enforced(&self) -> bool {
+        read_optional(&self.sys.join("module/module/parameters/sig_enforce"))
+            .ok()
+            .flatten()
+            .is_some_and(|v| v == "Y")
+    }
+
     fn patch_names(&self) -> KernelResult<Vec<String>> {
         let mut names = Vec::new();
         match fs::read_dir(self.livepatch_dir()) {
@@ -202,6 +209,10 @@ impl Kernel for LinuxKernel {
         let mut found = Vec::new();
         for entry in fs::read_dir(self.sys.join("module"))? {
             let entry = entry?;
+            // Not every entry is a module: 6.12 has a plain file, /sys/module/compression.
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(m) = self.read_module(&entry.path(), &name)?
                 && m.livepatch
@@ -389,6 +400,12 @@ mod tests {
             root.path().join("kmsg"),
         );
         assert!(kernel.livepatch_supported());
+        assert!(!kernel.signatures_enforced());
+        write(
+            &root.path().join("sys/module/module/parameters/sig_enforce"),
+            "Y\n",
+        );
+        assert!(kernel.signatures_enforced());
         assert_eq!(kernel.patch_names().unwrap(), vec!["graft_demo"]);
         let patch = kernel.patch("graft_demo").unwrap().unwrap();
         assert!(patch.enabled && !patch.transition);
@@ -430,6 +447,7 @@ mod tests {
         write(&m.join("ext4/refcnt"), "2\n");
         write(&m.join("ext4/taint"), "\n");
         write(&m.join("printk/parameters/time"), "Y\n");
+        write(&m.join("compression"), "zstd\n");
         let kernel = LinuxKernel::with_roots(root.path(), root.path(), root.path().join("k"));
         let found = kernel.loaded_livepatch_modules().unwrap();
         assert_eq!(found.len(), 1);

@@ -130,6 +130,8 @@ pub trait Kernel: Send + Sync {
     fn boot_id(&self) -> KernelResult<String>;
     /// Whether `/sys/kernel/livepatch` exists.
     fn livepatch_supported(&self) -> bool;
+    /// Whether the kernel refuses unsigned modules (`module.sig_enforce`).
+    fn signatures_enforced(&self) -> bool;
 
     /// Names of the directories under `/sys/kernel/livepatch`.
     fn patch_names(&self) -> KernelResult<Vec<String>>;

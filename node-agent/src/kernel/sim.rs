@@ -149,6 +149,9 @@ pub struct SimState {
     pub release: String,
     pub boot_id: String,
     pub livepatch: bool,
+    /// `module.sig_enforce=1`: unsigned modules fail with EKEYREJECTED.
+    #[serde(default)]
+    pub sig_enforce: bool,
     #[serde(default)]
     pub attributes: SimAttributes,
     /// The kernel's fake-signal period (about 15 s since 5.1); 0 = never.
@@ -171,6 +174,7 @@ pub struct SimInit {
     pub release: String,
     pub tasks: u32,
     pub livepatch: bool,
+    pub sig_enforce: bool,
     pub attributes: SimAttributes,
     pub signal_cycle: Duration,
 }
@@ -181,6 +185,7 @@ impl Default for SimInit {
             release: "6.1.0-sim-amd64".into(),
             tasks: 40,
             livepatch: true,
+            sig_enforce: false,
             attributes: SimAttributes::default(),
             signal_cycle: Duration::from_secs(15),
         }
@@ -205,6 +210,7 @@ impl SimState {
             release: init.release.clone(),
             boot_id: new_boot_id(),
             livepatch: init.livepatch,
+            sig_enforce: init.sig_enforce,
             attributes: init.attributes,
             signal_cycle_ms: if init.attributes.signal {
                 0
@@ -594,6 +600,10 @@ impl Kernel for SimKernel {
         self.snapshot().is_ok_and(|s| s.livepatch)
     }
 
+    fn signatures_enforced(&self) -> bool {
+        self.snapshot().is_ok_and(|s| s.sig_enforce)
+    }
+
     fn patch_names(&self) -> KernelResult<Vec<String>> {
         let state = self.snapshot()?;
         Ok(state
@@ -742,6 +752,9 @@ impl Kernel for SimKernel {
             {
                 let failure = state.load_failures.remove(i);
                 return Err(io::Error::from_raw_os_error(failure.errno));
+            }
+            if state.sig_enforce && !info.signed {
+                return Err(errno(Errno::EKEYREJECTED));
             }
             if state.modules.contains_key(&info.name) {
                 return Err(errno(Errno::EEXIST));
