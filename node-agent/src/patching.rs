@@ -984,10 +984,16 @@ impl<'k> Patcher<'k> {
         let mut blocking: Vec<BlockingTask> = Vec::new();
         let mut next_signal = policy.signal_after.and_then(|d| started.checked_add(d));
         let mut said_signals = false;
+        // The patch's full description (functions, `signal`), read only when a
+        // stall, a signal, a census or the deadline needs it: every other look
+        // reads just `enabled` and `transition`.
+        let mut details: Option<PatchSysfs> = None;
         loop {
-            let sysfs = match observe(self.kernel, name, target).map_err(|e| {
+            let observation = observe(self.kernel, name, target).map_err(|e| {
                 AgentError::kernel(format!("reading /sys/kernel/livepatch/{name}"), e)
-            })? {
+            })?;
+            tracing::trace!(patch = name, ?observation, "transition observed");
+            match observation {
                 Observation::Complete => {
                     // Everyone who took part has switched.
                     let census = (peak_total > 0).then(|| TaskCensus {
@@ -1002,10 +1008,13 @@ impl<'k> Patcher<'k> {
                 }
                 Observation::Reversed(_) => return Ok(FollowEnd::Reversed),
                 Observation::Vanished => return Ok(FollowEnd::Vanished),
-                Observation::InProgress(sysfs) => sysfs,
-            };
+                Observation::InProgress(_) => {}
+            }
             let now = Instant::now();
             if !stalled && stall_at.is_some_and(|at| now >= at) {
+                let Some(sysfs) = self.details(name, &mut details)? else {
+                    continue;
+                };
                 stalled = true;
                 (last_census, blocking) = self.census_and_blockers(&sysfs, target)?;
                 peak_total = peak_total.max(last_census.total);
@@ -1046,6 +1055,9 @@ impl<'k> Patcher<'k> {
             if let Some(at) = next_signal
                 && now >= at
             {
+                let Some(sysfs) = self.details(name, &mut details)? else {
+                    continue;
+                };
                 if sysfs.signal_supported {
                     match self.kernel.signal(name) {
                         Ok(()) => notes.push(format!(
@@ -1068,6 +1080,9 @@ impl<'k> Patcher<'k> {
                 }
             }
             if now >= policy.deadline {
+                let Some(sysfs) = self.details(name, &mut details)? else {
+                    continue;
+                };
                 let (c, b) = self.census_and_blockers(&sysfs, target)?;
                 return Ok(FollowEnd::TimedOut {
                     stalled,
@@ -1078,6 +1093,9 @@ impl<'k> Patcher<'k> {
             }
             if census_every.is_some_and(|_| now >= next_census) {
                 let (c, b) = if stalled {
+                    let Some(sysfs) = self.details(name, &mut details)? else {
+                        continue;
+                    };
                     self.census_and_blockers(&sysfs, target)?
                 } else {
                     (
@@ -1131,6 +1149,16 @@ impl<'k> Patcher<'k> {
             }
             waiter.wait(Some(wake));
         }
+    }
+
+    /// The patch's full sysfs description, read once per followed transition
+    /// (its objects, functions and attributes do not change meanwhile);
+    /// `None` when its directory went away.
+    fn details(&self, name: &str, cache: &mut Option<PatchSysfs>) -> Result<Option<PatchSysfs>> {
+        if cache.is_none() {
+            *cache = self.read_patch(name)?;
+        }
+        Ok(cache.clone())
     }
 
     fn report(

@@ -2,14 +2,17 @@
 //!
 //! sysfs never wakes poll() or inotify, so the watcher combines two things:
 //! wake-up hints from the kernel log (a record arrives within a scheduler tick
-//! of the kernel finishing) and an adaptive poll of `transition` (1 ms,
-//! doubling to a ceiling) that catches fast transitions and covers kernels
-//! whose log says nothing. Every wake-up is confirmed from sysfs: log text is
-//! not an ABI. When no transition runs, nothing here runs either.
+//! of the kernel finishing) and a poll of `transition`. Every wake-up is
+//! confirmed from sysfs (log text is not an ABI) with two small reads,
+//! `enabled` and `transition`. With hints the poll is only a fallback and
+//! stays slow (100 ms doubling to 500 ms: on a slow machine each look costs
+//! real CPU, and the kernel's record wakes us anyway); without them it starts
+//! at 1 ms and doubles to 100 ms, so a short transition is still seen soon.
+//! When no transition runs, nothing here runs either.
 
 use std::time::{Duration, Instant};
 
-use crate::kernel::{Kernel, PatchSysfs, Target, TransitionHints};
+use crate::kernel::{Kernel, NoHints, PatchProgress, Target, TransitionHints};
 
 /// Poll delays: start fast so a transition of a few milliseconds is seen in
 /// milliseconds, back off so a long one costs next to nothing.
@@ -21,11 +24,24 @@ pub struct AdaptivePoll {
 }
 
 impl AdaptivePoll {
+    /// First delay when polling is all we have.
     pub const MIN: Duration = Duration::from_millis(1);
-    /// Ceiling when kernel-log hints work: the poll is only a fallback then.
+    /// First delay when kernel-log hints work: the poll is only a fallback then.
+    pub const MIN_WITH_HINTS: Duration = Duration::from_millis(100);
+    /// Ceiling when kernel-log hints work.
     pub const MAX_WITH_HINTS: Duration = Duration::from_millis(500);
     /// Ceiling when polling is all we have.
     pub const MAX_WITHOUT_HINTS: Duration = Duration::from_millis(100);
+
+    /// The schedule for a watcher whose hints come from `hint_source`
+    /// ([`TransitionHints::describe`]).
+    pub fn for_hints(hint_source: &str) -> Self {
+        if hint_source == NoHints.describe() {
+            Self::new(Self::MIN, Self::MAX_WITHOUT_HINTS)
+        } else {
+            Self::new(Self::MIN_WITH_HINTS, Self::MAX_WITH_HINTS)
+        }
+    }
 
     pub fn new(min: Duration, max: Duration) -> Self {
         Self {
@@ -52,19 +68,19 @@ impl AdaptivePoll {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
     /// Still switching tasks in the direction we want.
-    InProgress(PatchSysfs),
+    InProgress(PatchProgress),
     /// Every task switched: patched and enabled, or (unpatching) the directory gone
     /// or about to go.
     Complete,
     /// Someone reversed the transition (it now heads the other way).
-    Reversed(PatchSysfs),
+    Reversed(PatchProgress),
     /// The patch's directory vanished while we were patching (superseded or removed).
     Vanished,
 }
 
-/// Reads the patch's sysfs state and says where the transition stands.
+/// Reads the patch's `enabled` and `transition` and says where the transition stands.
 pub fn observe(kernel: &dyn Kernel, patch: &str, target: Target) -> std::io::Result<Observation> {
-    let Some(sysfs) = kernel.patch(patch)? else {
+    let Some(sysfs) = kernel.patch_progress(patch)? else {
         return Ok(match target {
             Target::Unpatched => Observation::Complete,
             Target::Patched => Observation::Vanished,
@@ -88,12 +104,8 @@ pub struct Waiter {
 impl Waiter {
     pub fn new(kernel: &dyn Kernel) -> Self {
         let hints = kernel.transition_hints();
-        let max = if hints.describe() == "polling only" {
-            AdaptivePoll::MAX_WITHOUT_HINTS
-        } else {
-            AdaptivePoll::MAX_WITH_HINTS
-        };
-        Self::with_hints(hints, AdaptivePoll::new(AdaptivePoll::MIN, max))
+        let poll = AdaptivePoll::for_hints(hints.describe());
+        Self::with_hints(hints, poll)
     }
 
     pub fn with_hints(hints: Box<dyn TransitionHints>, poll: AdaptivePoll) -> Self {
@@ -115,7 +127,13 @@ impl Waiter {
             delay = delay.min(deadline.saturating_duration_since(Instant::now()));
         }
         self.wakeups += 1;
-        if self.hints.wait(delay) {
+        let hinted = self.hints.wait(delay);
+        tracing::trace!(
+            delay_ms = delay.as_secs_f64() * 1e3,
+            hinted,
+            "transition watcher woke"
+        );
+        if hinted {
             self.poll.reset();
         }
     }
@@ -129,7 +147,6 @@ impl Waiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::NoHints;
 
     #[test]
     fn poll_delays_double_up_to_the_ceiling_and_reset() {
@@ -138,6 +155,66 @@ mod tests {
         assert_eq!(delays, vec![1, 2, 4, 8, 10, 10]);
         p.reset();
         assert_eq!(p.next_delay(), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn with_kernel_log_hints_the_poll_is_a_slow_fallback() {
+        let mut with = AdaptivePoll::for_hints("kernel log");
+        let delays: Vec<u128> = (0..5).map(|_| with.next_delay().as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 400, 500, 500]);
+        let mut without = AdaptivePoll::for_hints(NoHints.describe());
+        let delays: Vec<u128> = (0..8).map(|_| without.next_delay().as_millis()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 64, 100]);
+    }
+
+    /// The watcher's look reads `enabled` and `transition` only: a patch
+    /// directory with nothing else in it is enough.
+    #[test]
+    fn observing_needs_only_enabled_and_transition() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("kernel/livepatch/p");
+        std::fs::create_dir_all(&dir).unwrap();
+        let kernel = crate::kernel::linux::LinuxKernel::with_roots(
+            root.path(),
+            root.path().join("proc"),
+            root.path().join("kmsg"),
+        );
+        let set = |enabled: &str, transition: &str| {
+            std::fs::write(dir.join("enabled"), enabled).unwrap();
+            std::fs::write(dir.join("transition"), transition).unwrap();
+        };
+        set("1\n", "1\n");
+        let progress = PatchProgress {
+            enabled: true,
+            transition: true,
+        };
+        assert_eq!(
+            observe(&kernel, "p", Target::Patched).unwrap(),
+            Observation::InProgress(progress)
+        );
+        assert_eq!(
+            observe(&kernel, "p", Target::Unpatched).unwrap(),
+            Observation::Reversed(progress)
+        );
+        set("1\n", "0\n");
+        assert_eq!(
+            observe(&kernel, "p", Target::Patched).unwrap(),
+            Observation::Complete
+        );
+        set("0\n", "0\n");
+        assert_eq!(
+            observe(&kernel, "p", Target::Unpatched).unwrap(),
+            Observation::Complete
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            observe(&kernel, "p", Target::Unpatched).unwrap(),
+            Observation::Complete
+        );
+        assert_eq!(
+            observe(&kernel, "p", Target::Patched).unwrap(),
+            Observation::Vanished
+        );
     }
 
     #[test]

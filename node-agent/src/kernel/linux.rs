@@ -10,8 +10,8 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::{
-    Kernel, KernelKind, KernelResult, LoadedModule, PatchSysfs, PatchedFunction, PatchedObject,
-    TaskPatchState, TransitionHints, kmsg::KmsgHints,
+    Kernel, KernelKind, KernelResult, LoadedModule, PatchProgress, PatchSysfs, PatchedFunction,
+    PatchedObject, TaskPatchState, TransitionHints, kmsg::KmsgHints,
 };
 use crate::module_file::ModuleInfo;
 
@@ -171,6 +171,23 @@ impl Kernel for LinuxKernel {
             stack_order,
             signal_supported,
             objects,
+        }))
+    }
+
+    fn patch_progress(&self, name: &str) -> KernelResult<Option<PatchProgress>> {
+        let dir = self.livepatch_dir().join(name);
+        let mut flags = [false; 2];
+        for (flag, attr) in flags.iter_mut().zip(["enabled", "transition"]) {
+            *flag = match read_trimmed(&dir.join(attr)) {
+                Ok(v) => v == "1",
+                // The directory goes away when an unpatching transition ends.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(Some(PatchProgress {
+            enabled: flags[0],
+            transition: flags[1],
         }))
     }
 

@@ -95,6 +95,13 @@ impl PatchSysfs {
     }
 }
 
+/// The two attributes a transition watcher reads on every look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PatchProgress {
+    pub enabled: bool,
+    pub transition: bool,
+}
+
 /// A loaded module, from `/sys/module/<name>/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LoadedModule {
@@ -137,6 +144,15 @@ pub trait Kernel: Send + Sync {
     fn patch_names(&self) -> KernelResult<Vec<String>>;
     /// A patch's sysfs state, or `None` when its directory does not exist.
     fn patch(&self, name: &str) -> KernelResult<Option<PatchSysfs>>;
+    /// Only `enabled` and `transition` of a patch, or `None` when its directory
+    /// does not exist: what following a transition needs on every look, for a
+    /// fraction of [`Kernel::patch`]'s reads.
+    fn patch_progress(&self, name: &str) -> KernelResult<Option<PatchProgress>> {
+        Ok(self.patch(name)?.map(|p| PatchProgress {
+            enabled: p.enabled,
+            transition: p.transition,
+        }))
+    }
     /// Writes `enabled`: 0 to disable (or cancel a patching transition), 1 to
     /// cancel an unpatching transition.
     fn set_enabled(&self, name: &str, enabled: bool) -> KernelResult<()>;
