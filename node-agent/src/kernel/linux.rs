@@ -223,6 +223,21 @@ impl Kernel for LinuxKernel {
     }
 
     fn loaded_livepatch_modules(&self) -> KernelResult<Vec<LoadedModule>> {
+        // One read of /proc/modules rather than a look into every /sys/module
+        // entry (hundreds of built-ins): this runs after every apply.
+        match fs::read_to_string(self.proc.join("modules")) {
+            Ok(text) => {
+                let mut found = parse_proc_modules(&text);
+                found.retain(|m| m.livepatch);
+                for m in &mut found {
+                    m.srcversion = read_optional(&self.module_dir(&m.name).join("srcversion"))?;
+                }
+                found.sort_by(|a, b| a.name.cmp(&b.name));
+                return Ok(found);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         let mut found = Vec::new();
         for entry in fs::read_dir(self.sys.join("module"))? {
             let entry = entry?;
@@ -311,6 +326,28 @@ pub fn scan_patch_states(proc_root: &Path) -> KernelResult<Vec<TaskPatchState>> 
         }
     }
     Ok(states)
+}
+
+/// `/proc/modules`: "name size refcnt deps state address [(taints)]" per
+/// module, e.g. "graft_demo 16384 1 - Live 0xffffffffc0a3c000 (OEK)". Taint K
+/// marks a livepatch. `srcversion` is not in it (left `None`).
+pub fn parse_proc_modules(text: &str) -> Vec<LoadedModule> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (name, refcnt, state) = (fields.first()?, fields.get(2)?, fields.get(4)?);
+            let taints = fields
+                .last()
+                .filter(|f| f.starts_with('(') && f.ends_with(')'));
+            Some(LoadedModule {
+                name: name.to_string(),
+                refcnt: refcnt.parse().unwrap_or(0),
+                srcversion: None,
+                livepatch: taints.is_some_and(|t| t.contains('K')),
+                live: *state == "Live",
+            })
+        })
+        .collect()
 }
 
 fn parse_id(name: &std::ffi::OsStr) -> Option<u32> {
@@ -473,6 +510,46 @@ mod tests {
         assert!(found[0].live);
         assert_eq!(kernel.loaded_module("printk").unwrap(), None);
         assert_eq!(kernel.loaded_module("ext4").unwrap().unwrap().refcnt, 2);
+    }
+
+    #[test]
+    fn parses_proc_modules() {
+        let text = "graft_demo 16384 1 - Live 0xffffffffc0a3c000 (OEK)\n\
+                    graft_cumulative 16384 0 - Unloading 0xffffffffc0a40000 (OEK)\n\
+                    ext4 1015808 2 mbcache,jbd2, Live 0xffffffffc0400000\n\
+                    garbage\n";
+        let m = parse_proc_modules(text);
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            (m[0].name.as_str(), m[0].refcnt, m[0].livepatch, m[0].live),
+            ("graft_demo", 1, true, true)
+        );
+        assert!(m[1].livepatch && !m[1].live);
+        assert!(!m[2].livepatch && m[2].live);
+    }
+
+    /// With /proc/modules the livepatch modules come from it, their srcversion from sysfs.
+    #[test]
+    fn finds_livepatch_modules_in_proc_modules() {
+        let root = tempfile::tempdir().unwrap();
+        write(
+            &root.path().join("proc/modules"),
+            "graft_demo 16384 1 - Live 0xffffffffc0a3c000 (OEK)\next4 1015808 2 - Live 0xffffffffc0400000\n",
+        );
+        write(
+            &root.path().join("sys/module/graft_demo/srcversion"),
+            "ABC\n",
+        );
+        let kernel = LinuxKernel::with_roots(
+            root.path().join("sys"),
+            root.path().join("proc"),
+            root.path().join("k"),
+        );
+        let found = kernel.loaded_livepatch_modules().unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].name, "graft_demo");
+        assert_eq!(found[0].srcversion.as_deref(), Some("ABC"));
+        assert_eq!(found[0].refcnt, 1);
     }
 
     #[test]
