@@ -1335,7 +1335,13 @@ impl<'k> Patcher<'k> {
         deadline: Instant,
         observer: &mut dyn Observer,
     ) -> Result<()> {
-        while self.read_patch(name)?.is_some() {
+        // Two small reads, not the whole directory that is being taken apart.
+        while self
+            .kernel
+            .patch_progress(name)
+            .map_err(|e| AgentError::kernel(format!("reading /sys/kernel/livepatch/{name}"), e))?
+            .is_some()
+        {
             self.wait_briefly(deadline, observer, name)?;
         }
         Ok(())

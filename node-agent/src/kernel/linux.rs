@@ -58,6 +58,14 @@ impl LinuxKernel {
     }
 
     fn read_module(&self, dir: &Path, name: &str) -> KernelResult<Option<LoadedModule>> {
+        // A module being removed can vanish between two reads.
+        match self.read_module_dir(dir, name) {
+            Err(e) if gone(&e) => Ok(None),
+            other => other,
+        }
+    }
+
+    fn read_module_dir(&self, dir: &Path, name: &str) -> KernelResult<Option<LoadedModule>> {
         // Built-in "modules" also have a /sys/module directory, but no refcnt.
         let refcnt = match read_trimmed(&dir.join("refcnt")) {
             Ok(r) => r.parse().unwrap_or(0),
@@ -70,6 +78,51 @@ impl LinuxKernel {
             srcversion: read_optional(&dir.join("srcversion"))?,
             livepatch: read_optional(&dir.join("taint"))?.is_some_and(|t| t.contains('K')),
             live: read_optional(&dir.join("initstate"))?.is_none_or(|s| s == "live"),
+        }))
+    }
+
+    /// Reads `/sys/kernel/livepatch/<name>/` whole. Any of its reads can find
+    /// the directory gone ([`gone`]); [`Kernel::patch`] turns that into `None`.
+    fn read_patch_dir(&self, name: &str) -> io::Result<Option<PatchSysfs>> {
+        let dir = self.livepatch_dir().join(name);
+        let enabled = read_trimmed(&dir.join("enabled"))? == "1";
+        let transition = read_trimmed(&dir.join("transition"))? == "1";
+        let replace = read_optional(&dir.join("replace"))?.map(|v| v == "1");
+        let stack_order = read_optional(&dir.join("stack_order"))?.and_then(|v| v.parse().ok());
+        let signal_supported = dir.join("signal").exists();
+        let mut objects = Vec::new();
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let object_dir = entry.path();
+            let mut functions = Vec::new();
+            for func in fs::read_dir(&object_dir)? {
+                let func = func?;
+                if !func.file_type()?.is_dir() {
+                    continue;
+                }
+                if let Some(f) = parse_function_dir(&func.file_name().to_string_lossy()) {
+                    functions.push(f);
+                }
+            }
+            functions.sort_by(|a, b| a.name.cmp(&b.name));
+            objects.push(PatchedObject {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                patched: read_optional(&object_dir.join("patched"))?.map(|v| v == "1"),
+                functions,
+            });
+        }
+        objects.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Some(PatchSysfs {
+            name: name.to_string(),
+            enabled,
+            transition,
+            replace,
+            stack_order,
+            signal_supported,
+            objects,
         }))
     }
 }
@@ -117,61 +170,12 @@ impl Kernel for LinuxKernel {
     }
 
     fn patch(&self, name: &str) -> KernelResult<Option<PatchSysfs>> {
-        let dir = self.livepatch_dir().join(name);
         // The directory can vanish between any two reads (the unpatch ended):
-        // a missing `enabled` means the patch is gone.
-        let enabled = match read_trimmed(&dir.join("enabled")) {
-            Ok(v) => v == "1",
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let transition = match read_trimmed(&dir.join("transition")) {
-            Ok(v) => v == "1",
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let replace = read_optional(&dir.join("replace"))?.map(|v| v == "1");
-        let stack_order = read_optional(&dir.join("stack_order"))?.and_then(|v| v.parse().ok());
-        let signal_supported = dir.join("signal").exists();
-        let mut objects = Vec::new();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            if !entry.file_type()?.is_dir() {
-                continue;
-            }
-            let object_dir = entry.path();
-            let mut functions = Vec::new();
-            for func in fs::read_dir(&object_dir)? {
-                let func = func?;
-                if !func.file_type()?.is_dir() {
-                    continue;
-                }
-                if let Some(f) = parse_function_dir(&func.file_name().to_string_lossy()) {
-                    functions.push(f);
-                }
-            }
-            functions.sort_by(|a, b| a.name.cmp(&b.name));
-            objects.push(PatchedObject {
-                name: entry.file_name().to_string_lossy().into_owned(),
-                patched: read_optional(&object_dir.join("patched"))?.map(|v| v == "1"),
-                functions,
-            });
+        // whatever read finds it gone, the patch is gone.
+        match self.read_patch_dir(name) {
+            Err(e) if gone(&e) => Ok(None),
+            other => other,
         }
-        objects.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Some(PatchSysfs {
-            name: name.to_string(),
-            enabled,
-            transition,
-            replace,
-            stack_order,
-            signal_supported,
-            objects,
-        }))
     }
 
     fn patch_progress(&self, name: &str) -> KernelResult<Option<PatchProgress>> {
@@ -181,7 +185,7 @@ impl Kernel for LinuxKernel {
             *flag = match read_trimmed(&dir.join(attr)) {
                 Ok(v) => v == "1",
                 // The directory goes away when an unpatching transition ends.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) if gone(&e) => return Ok(None),
                 Err(e) => return Err(e),
             };
         }
@@ -383,6 +387,14 @@ pub fn stat_flags(stat: &str) -> Option<u64> {
     after_comm.split_whitespace().nth(6)?.parse().ok()
 }
 
+/// Whether a read failed because the file or its directory is gone: ENOENT,
+/// or ENODEV from sysfs when the directory is being removed while we read
+/// (the end of an unpatching transition, a module unloading).
+pub fn gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+        || e.raw_os_error() == Some(nix::errno::Errno::ENODEV as i32)
+}
+
 fn read_trimmed(path: &Path) -> io::Result<String> {
     Ok(fs::read_to_string(path)?.trim().to_string())
 }
@@ -510,6 +522,29 @@ mod tests {
         assert!(found[0].live);
         assert_eq!(kernel.loaded_module("printk").unwrap(), None);
         assert_eq!(kernel.loaded_module("ext4").unwrap().unwrap().refcnt, 2);
+    }
+
+    #[test]
+    fn a_directory_being_removed_counts_as_gone() {
+        assert!(gone(&io::Error::from(io::ErrorKind::NotFound)));
+        assert!(gone(&io::Error::from_raw_os_error(
+            nix::errno::Errno::ENODEV as i32
+        )));
+        assert!(!gone(&io::Error::from_raw_os_error(
+            nix::errno::Errno::EACCES as i32
+        )));
+    }
+
+    /// A patch directory that loses an object directory mid-read (removal in
+    /// progress) reads as gone, not as an error.
+    #[test]
+    fn a_patch_without_its_attributes_reads_as_gone() {
+        let root = tempfile::tempdir().unwrap();
+        let lp = root.path().join("kernel/livepatch/p");
+        write(&lp.join("enabled"), "0\n");
+        let kernel = LinuxKernel::with_roots(root.path(), root.path(), root.path().join("k"));
+        assert_eq!(kernel.patch("p").unwrap(), None);
+        assert_eq!(kernel.patch_progress("p").unwrap(), None);
     }
 
     #[test]
