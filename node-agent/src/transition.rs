@@ -4,10 +4,11 @@
 //! wake-up hints from the kernel log (a record arrives within a scheduler tick
 //! of the kernel finishing) and a poll of `transition`. Every wake-up is
 //! confirmed from sysfs (log text is not an ABI) with two small reads,
-//! `enabled` and `transition`. With hints the poll is only a fallback and
-//! stays slow (100 ms doubling to 500 ms: on a slow machine each look costs
-//! real CPU, and the kernel's record wakes us anyway); without them it starts
-//! at 1 ms and doubles to 100 ms, so a short transition is still seen soon.
+//! `enabled` and `transition`. With hints the poll is only a safety net, every
+//! 500 ms: the kernel logs the end of every transition, so the record wakes us
+//! within a tick however short the transition, and each extra look costs CPU
+//! (about a millisecond under emulation). Without hints the poll starts at
+//! 1 ms and doubles to 100 ms, so a short transition is still seen soon.
 //! When no transition runs, nothing here runs either.
 
 use std::time::{Duration, Instant};
@@ -26,10 +27,8 @@ pub struct AdaptivePoll {
 impl AdaptivePoll {
     /// First delay when polling is all we have.
     pub const MIN: Duration = Duration::from_millis(1);
-    /// First delay when kernel-log hints work: the poll is only a fallback then.
-    pub const MIN_WITH_HINTS: Duration = Duration::from_millis(100);
-    /// Ceiling when kernel-log hints work.
-    pub const MAX_WITH_HINTS: Duration = Duration::from_millis(500);
+    /// The fixed delay when kernel-log hints work: the poll is only a safety net then.
+    pub const WITH_HINTS: Duration = Duration::from_millis(500);
     /// Ceiling when polling is all we have.
     pub const MAX_WITHOUT_HINTS: Duration = Duration::from_millis(100);
 
@@ -39,7 +38,7 @@ impl AdaptivePoll {
         if hint_source == NoHints.describe() {
             Self::new(Self::MIN, Self::MAX_WITHOUT_HINTS)
         } else {
-            Self::new(Self::MIN_WITH_HINTS, Self::MAX_WITH_HINTS)
+            Self::new(Self::WITH_HINTS, Self::WITH_HINTS)
         }
     }
 
@@ -161,7 +160,7 @@ mod tests {
     fn with_kernel_log_hints_the_poll_is_a_slow_fallback() {
         let mut with = AdaptivePoll::for_hints("kernel log");
         let delays: Vec<u128> = (0..5).map(|_| with.next_delay().as_millis()).collect();
-        assert_eq!(delays, vec![100, 200, 400, 500, 500]);
+        assert_eq!(delays, vec![500, 500, 500, 500, 500]);
         let mut without = AdaptivePoll::for_hints(NoHints.describe());
         let delays: Vec<u128> = (0..8).map(|_| without.next_delay().as_millis()).collect();
         assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 64, 100]);
