@@ -17,7 +17,7 @@ use crate::journal::{StateDir, TransitionRecord, unix_ms};
 use crate::kernel::{Kernel, KernelKind, LoadedModule, PatchSysfs, Target};
 use crate::module_file::{ModuleInfo, check_loadable, inspect_file, is_valid_module_name};
 use crate::tasks::{BlockingTask, TaskCensus, census, describe_blockers};
-use crate::transition::{Observation, Waiter, observe};
+use crate::transition::{Observation, Waiter, observe_with};
 
 /// How many blocking tasks a report names at most.
 pub const MAX_BLOCKING_REPORTED: usize = 50;
@@ -988,8 +988,9 @@ impl<'k> Patcher<'k> {
         // stall, a signal, a census or the deadline needs it: every other look
         // reads just `enabled` and `transition`.
         let mut details: Option<PatchSysfs> = None;
+        let mut progress = self.kernel.progress_reader(name);
         loop {
-            let observation = observe(self.kernel, name, target).map_err(|e| {
+            let observation = observe_with(&mut progress, target).map_err(|e| {
                 AgentError::kernel(format!("reading /sys/kernel/livepatch/{name}"), e)
             })?;
             tracing::trace!(patch = name, ?observation, "transition observed");

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::kernel::{Kernel, NoHints, PatchProgress, Target, TransitionHints};
+use crate::kernel::{Kernel, NoHints, PatchProgress, ProgressReader, Target, TransitionHints};
 
 /// Poll delays: start fast so a transition of a few milliseconds is seen in
 /// milliseconds, back off so a long one costs next to nothing.
@@ -79,7 +79,16 @@ pub enum Observation {
 
 /// Reads the patch's `enabled` and `transition` and says where the transition stands.
 pub fn observe(kernel: &dyn Kernel, patch: &str, target: Target) -> std::io::Result<Observation> {
-    let Some(sysfs) = kernel.patch_progress(patch)? else {
+    classify(kernel.patch_progress(patch)?, target)
+}
+
+/// [`observe`] through a [`Kernel::progress_reader`], for a watcher that looks many times.
+pub fn observe_with(read: &mut ProgressReader<'_>, target: Target) -> std::io::Result<Observation> {
+    classify(read()?, target)
+}
+
+fn classify(progress: Option<PatchProgress>, target: Target) -> std::io::Result<Observation> {
+    let Some(sysfs) = progress else {
         return Ok(match target {
             Target::Unpatched => Observation::Complete,
             Target::Patched => Observation::Vanished,

@@ -7,11 +7,12 @@
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{
     Kernel, KernelKind, KernelResult, LoadedModule, PatchProgress, PatchSysfs, PatchedFunction,
-    PatchedObject, TaskPatchState, TransitionHints, kmsg::KmsgHints,
+    PatchedObject, ProgressReader, TaskPatchState, TransitionHints, kmsg::KmsgHints,
 };
 use crate::module_file::ModuleInfo;
 
@@ -193,6 +194,43 @@ impl Kernel for LinuxKernel {
             enabled: flags[0],
             transition: flags[1],
         }))
+    }
+
+    /// Opens `enabled` and `transition` once and re-reads them with pread:
+    /// sysfs regenerates an attribute on every read at offset 0, so each look
+    /// is two syscalls instead of six path lookups, opens and closes. Once the
+    /// directory is removed the open files read ENODEV (gone); the files are
+    /// then opened afresh at the next call.
+    fn progress_reader<'k>(&'k self, name: &str) -> ProgressReader<'k> {
+        let dir = self.livepatch_dir().join(name);
+        let mut files: Option<(File, File)> = None;
+        Box::new(move || {
+            if files.is_none() {
+                let open = |attr: &str| File::open(dir.join(attr));
+                match open("enabled").and_then(|e| Ok((e, open("transition")?))) {
+                    Ok(pair) => files = Some(pair),
+                    Err(e) if gone(&e) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
+            let (enabled, transition) = files.as_ref().expect("opened above");
+            let mut buf = [0u8; 8];
+            let mut flag = |f: &File| -> io::Result<bool> {
+                let n = f.read_at(&mut buf, 0)?;
+                Ok(buf[..n].first() == Some(&b'1'))
+            };
+            match flag(enabled).and_then(|e| Ok((e, flag(transition)?))) {
+                Ok((enabled, transition)) => Ok(Some(PatchProgress {
+                    enabled,
+                    transition,
+                })),
+                Err(e) if gone(&e) => {
+                    files = None;
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        })
     }
 
     fn set_enabled(&self, name: &str, enabled: bool) -> KernelResult<()> {
@@ -545,6 +583,33 @@ mod tests {
         let kernel = LinuxKernel::with_roots(root.path(), root.path(), root.path().join("k"));
         assert_eq!(kernel.patch("p").unwrap(), None);
         assert_eq!(kernel.patch_progress("p").unwrap(), None);
+    }
+
+    /// The reader re-reads the same open files: a change shows at the next call.
+    #[test]
+    fn progress_reader_rereads_the_attributes_in_place() {
+        let root = tempfile::tempdir().unwrap();
+        let lp = root.path().join("kernel/livepatch/p");
+        let kernel = LinuxKernel::with_roots(root.path(), root.path(), root.path().join("k"));
+        let mut read = kernel.progress_reader("p");
+        assert_eq!(read().unwrap(), None, "no directory yet");
+        write(&lp.join("enabled"), "1\n");
+        write(&lp.join("transition"), "1\n");
+        let progress = |enabled, transition| {
+            Some(PatchProgress {
+                enabled,
+                transition,
+            })
+        };
+        assert_eq!(read().unwrap(), progress(true, true));
+        // Rewrite in place (sysfs regenerates; a plain file keeps its inode this way).
+        fs::OpenOptions::new()
+            .write(true)
+            .open(lp.join("transition"))
+            .unwrap()
+            .write_all_at(b"0\n", 0)
+            .unwrap();
+        assert_eq!(read().unwrap(), progress(true, false));
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub struct PatchProgress {
     pub transition: bool,
 }
 
+/// Reads one patch's [`PatchProgress`] on each call; see [`Kernel::progress_reader`].
+pub type ProgressReader<'k> = Box<dyn FnMut() -> KernelResult<Option<PatchProgress>> + 'k>;
+
 /// A loaded module, from `/sys/module/<name>/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LoadedModule {
@@ -152,6 +155,13 @@ pub trait Kernel: Send + Sync {
             enabled: p.enabled,
             transition: p.transition,
         }))
+    }
+    /// [`Kernel::patch_progress`] of one patch, again and again, for a watcher
+    /// that looks many times. The real kernel keeps both attributes open and
+    /// re-reads them in place; the default asks `patch_progress` each time.
+    fn progress_reader<'k>(&'k self, name: &str) -> ProgressReader<'k> {
+        let name = name.to_string();
+        Box::new(move || self.patch_progress(&name))
     }
     /// Writes `enabled`: 0 to disable (or cancel a patching transition), 1 to
     /// cancel an unpatching transition.
