@@ -1,0 +1,341 @@
+//! The host side of the lag benchmark: rows out of the serial console log,
+//! the raw CSV, Markdown tables (median, min, max, p90 per setting and
+//! metric), the ratios between settings, and the checks.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::checks::{Check, Limits};
+use crate::lag::{CSV_HEADER, Row, Setting};
+use crate::stats::Summary;
+
+pub const CSV_PREFIX: &str = "@@GRAFT bench-csv ";
+pub const FACT_PREFIX: &str = "@@GRAFT bench-fact ";
+pub const DONE_PREFIX: &str = "@@GRAFT bench-done ";
+
+/// What the console log holds.
+#[derive(Debug, Default)]
+pub struct Console {
+    pub rows: Vec<Row>,
+    pub facts: BTreeMap<String, String>,
+    pub done: bool,
+    /// Lines with the CSV prefix that did not parse (e.g. cut by a kernel message).
+    pub broken: Vec<String>,
+}
+
+pub fn parse_console(log: &str) -> Console {
+    let mut c = Console::default();
+    for line in log.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(csv) = line.strip_prefix(CSV_PREFIX) {
+            match Row::from_csv(csv) {
+                Ok(r) => c.rows.push(r),
+                Err(e) => c.broken.push(format!("{e}: {line}")),
+            }
+        } else if let Some(fact) = line.strip_prefix(FACT_PREFIX) {
+            if let Some((k, v)) = fact.split_once(' ') {
+                c.facts.insert(k.to_string(), v.to_string());
+            }
+        } else if line.starts_with(DONE_PREFIX) {
+            c.done = true;
+        }
+    }
+    c
+}
+
+pub fn to_csv(rows: &[Row]) -> String {
+    let mut s = String::from(CSV_HEADER);
+    s.push('\n');
+    for r in rows {
+        s.push_str(&r.to_csv());
+        s.push('\n');
+    }
+    s
+}
+
+type Metric = (&'static str, fn(&Row) -> Option<f64>, usize);
+
+const METRICS: [Metric; 8] = [
+    ("kernel transition (ms)", |r| r.kernel_ms, 1),
+    ("detection lag (ms)", |r| r.lag_ms, 2),
+    ("exit after the kernel's end (ms)", |r| r.exit_lag_ms, 2),
+    ("wall time (ms)", |r| r.wall_ms, 1),
+    ("wall / kernel transition", |r| r.wall_ratio, 4),
+    ("CPU while waiting (% of the wait)", |r| r.cpu_wait_pct, 3),
+    (
+        "CPU of the whole process (% of wall)",
+        |r| r.cpu_total_pct,
+        3,
+    ),
+    ("spawn → kernel start (ms)", |r| r.kernel_start_ms, 1),
+];
+
+fn ok_rows<'a>(rows: &'a [Row], setting: &str, op: &str) -> Vec<&'a Row> {
+    rows.iter()
+        .filter(|r| r.ok && r.setting == setting && r.op == op)
+        .collect()
+}
+
+fn summary(rows: &[&Row], f: fn(&Row) -> Option<f64>) -> Option<Summary> {
+    let v: Vec<f64> = rows.iter().filter_map(|r| f(r)).collect();
+    Summary::of(&v)
+}
+
+fn median(rows: &[Row], setting: &str, op: &str, f: fn(&Row) -> Option<f64>) -> Option<f64> {
+    summary(&ok_rows(rows, setting, op), f).map(|s| s.median)
+}
+
+/// Markdown tables of the rows.
+pub fn tables(rows: &[Row]) -> String {
+    let mut out = String::new();
+    for op in ["apply", "revert"] {
+        let _ = writeln!(out, "#### {op}\n");
+        let _ = writeln!(out, "| metric | setting | median | min | max | p90 | n |");
+        let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+        for (name, f, digits) in METRICS {
+            for setting in Setting::ALL {
+                let rs = ok_rows(rows, setting.name(), op);
+                match summary(&rs, f) {
+                    Some(s) => {
+                        let _ = writeln!(
+                            out,
+                            "| {name} | {} | {:.d$} | {:.d$} | {:.d$} | {:.d$} | {} |",
+                            setting.name(),
+                            s.median,
+                            s.min,
+                            s.max,
+                            s.p90,
+                            s.n,
+                            d = digits
+                        );
+                    }
+                    None => {
+                        let _ =
+                            writeln!(out, "| {name} | {} | – | – | – | – | 0 |", setting.name());
+                    }
+                }
+            }
+        }
+        let all: Vec<&Row> = rows.iter().filter(|r| r.ok && r.op == op).collect();
+        let quick = all
+            .iter()
+            .filter(|r| r.kernel_ms.is_some_and(|k| k < 100.0))
+            .count();
+        let _ = writeln!(
+            out,
+            "\nThe kernel finished {quick} of these {} transitions at its first attempt \
+             (under 100 ms, before its one-second retries); they are in the figures, with \
+             large ratios and CPU shares.\n",
+            all.len()
+        );
+    }
+    let _ = writeln!(out, "#### ratios between the settings (of the medians)\n");
+    let _ = writeln!(out, "| op | ratio | value |");
+    let _ = writeln!(out, "| --- | --- | ---: |");
+    let agent = Setting::Agent.name();
+    for op in ["apply", "revert"] {
+        for (label, f) in [
+            (
+                "detection lag",
+                (|r: &Row| r.lag_ms) as fn(&Row) -> Option<f64>,
+            ),
+            ("CPU while waiting", |r: &Row| r.cpu_wait_pct),
+            ("wall time", |r: &Row| r.wall_ms),
+        ] {
+            for other in [Setting::Poll1s, Setting::Poll1ms] {
+                let a = median(rows, agent, op, f);
+                let b = median(rows, other.name(), op, f);
+                let v = match (a, b) {
+                    (Some(a), Some(b)) if a > 0.0 => format!("{:.2}×", b / a),
+                    _ => "–".into(),
+                };
+                let _ = writeln!(out, "| {op} | {label}: {} / {agent} | {v} |", other.name());
+            }
+        }
+    }
+    out
+}
+
+/// The checks on the lag rows.
+pub fn checks(c: &Console, limits: &Limits) -> Vec<Check> {
+    let rows = &c.rows;
+    let mut checks = Vec::new();
+    let rounds: u32 = c
+        .facts
+        .get("rounds")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    let expected = rounds as usize * Setting::ALL.len() * 2;
+    let good = rows.iter().filter(|r| r.ok).count();
+    let failures: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.ok)
+        .take(3)
+        .map(|r| format!("round {} {} {}: {}", r.round, r.setting, r.op, r.note))
+        .collect();
+    checks.push(Check::new(
+        format!(
+            "lag: every trial of at least {} rounds ran",
+            limits.min_rounds
+        ),
+        c.done && c.broken.is_empty() && rounds >= limits.min_rounds && good == expected,
+        format!(
+            "{good} of {expected} trials in {rounds} rounds{}{}{}",
+            if c.done {
+                ""
+            } else {
+                "; the guest never finished"
+            },
+            if c.broken.is_empty() {
+                String::new()
+            } else {
+                format!("; {} unreadable rows", c.broken.len())
+            },
+            if failures.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", failures.join(" | "))
+            }
+        ),
+    ));
+    let earliest = rows
+        .iter()
+        .filter(|r| r.ok)
+        .filter_map(|r| r.lag_ms)
+        .min_by(f64::total_cmp);
+    let drift = rows
+        .iter()
+        .filter_map(|r| r.drift_us)
+        .map(f64::abs)
+        .max_by(f64::total_cmp);
+    let drifted = rows
+        .iter()
+        .filter(|r| r.drift_us.is_some_and(|d| d.abs() > 100.0))
+        .count();
+    checks.push(Check::new(
+        "lag: clocks aligned (no setting noticed an end before the kernel logged it, −0.5 ms tolerance)",
+        earliest.is_some_and(|e| e >= -0.5),
+        format!(
+            "earliest notice {} ms after the end; printk/monotonic offset moved more than 100 µs \
+             during {drifted} of {} trials (largest {} µs)",
+            earliest.map_or("–".into(), |e| format!("{e:.3}")),
+            rows.len(),
+            drift.map_or("–".into(), |d| format!("{d:.0}"))
+        ),
+    ));
+    let slow: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.ok && r.setting == Setting::Poll1s.name())
+        .filter_map(|r| r.lag_ms)
+        .collect();
+    let slow_median = Summary::of(&slow).map(|s| s.median);
+    checks.push(Check::new(
+        "lag: the 1 s baseline is seen late (median between 1 ms and 1 s)",
+        slow_median.is_some_and(|m| (1.0..=1000.0).contains(&m)),
+        slow_median.map_or("no data".into(), |m| format!("median {m:.1} ms")),
+    ));
+    let agent = Setting::Agent.name();
+    for op in ["apply", "revert"] {
+        checks.push(Check::at_most(
+            &format!("graft-agent {op}: median detection lag"),
+            median(rows, agent, op, |r| r.lag_ms),
+            limits.lag_ms,
+            " ms",
+        ));
+        checks.push(Check::at_most(
+            &format!("graft-agent {op}: median CPU while waiting"),
+            median(rows, agent, op, |r| r.cpu_wait_pct),
+            limits.cpu_wait_pct,
+            " %",
+        ));
+    }
+    checks.push(Check::at_most(
+        "graft-agent apply: median wall time / kernel transition",
+        median(rows, agent, "apply", |r| r.wall_ratio),
+        limits.wall_ratio,
+        "",
+    ));
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::TARGETS;
+
+    fn row(setting: &str, op: &str, lag: f64) -> Row {
+        Row {
+            round: 1,
+            seq: 1,
+            setting: setting.into(),
+            op: op.into(),
+            ok: true,
+            kernel_ms: Some(1000.0),
+            lag_ms: Some(lag),
+            wall_ratio: Some(1.005),
+            cpu_wait_pct: Some(0.2),
+            ..Row::default()
+        }
+    }
+
+    fn console_with(rows: &[Row], rounds: u32) -> String {
+        let mut log =
+            format!("noise\n{FACT_PREFIX}rounds {rounds}\n{FACT_PREFIX}release 6.1.0-56-amd64\n");
+        for r in rows {
+            log.push_str(&format!("{CSV_PREFIX}{}\r\n", r.to_csv()));
+        }
+        log.push_str(&format!("{DONE_PREFIX}trials={}\n", rows.len()));
+        log
+    }
+
+    fn full_round() -> Vec<Row> {
+        let mut rows = Vec::new();
+        for (s, lag) in [("graft-agent", 3.0), ("poll-1s", 480.0), ("poll-1ms", 0.6)] {
+            for op in ["apply", "revert"] {
+                rows.push(row(s, op, lag));
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn a_good_console_passes_every_check() {
+        let rows: Vec<Row> = (0..10).flat_map(|_| full_round()).collect();
+        let c = parse_console(&console_with(&rows, 10));
+        assert_eq!(c.rows.len(), 60);
+        assert_eq!(c.facts["release"], "6.1.0-56-amd64");
+        let checks = checks(&c, &TARGETS);
+        assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
+        let t = tables(&c.rows);
+        assert!(
+            t.contains("| detection lag (ms) | graft-agent | 3.00 | 3.00 | 3.00 | 3.00 | 10 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| apply | detection lag: poll-1s / graft-agent | 160.00× |"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn missing_trials_a_cut_row_or_an_early_notice_fail() {
+        let mut rows: Vec<Row> = (0..10).flat_map(|_| full_round()).collect();
+        rows[0].lag_ms = Some(-2.0);
+        rows[1].ok = false;
+        let mut log = console_with(&rows, 10);
+        log.push_str(&format!(
+            "{CSV_PREFIX}1,2,graft-agent,ap[  12.3] random: crng\n"
+        ));
+        let c = parse_console(&log);
+        assert_eq!(c.broken.len(), 1);
+        let checks = checks(&c, &TARGETS);
+        assert!(!checks[0].passed);
+        assert!(!checks[1].passed);
+        let c = parse_console(&console_with(&full_round(), 1));
+        assert!(!checks_pass(&c), "one round is too few");
+    }
+
+    fn checks_pass(c: &Console) -> bool {
+        checks(c, &TARGETS).iter().all(|c| c.passed)
+    }
+}
