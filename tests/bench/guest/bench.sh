@@ -21,4 +21,6 @@ if [ -n "$agentlog" ]; then
     export GRAFT_LOG="$agentlog"
     set -- --agent-log
 fi
+# graft-bench times each apply's finit_module call through the kernel's tracing events.
+mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
 graft-bench lag --agent /graft/bin/graft-agent --module "$M/graft_demo.ko" --rounds "$rounds" "$@"

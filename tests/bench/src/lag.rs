@@ -43,6 +43,7 @@ use serde_json::Value;
 use crate::baseline::BaselineReport;
 use crate::clock::{mono_ns, real_ns, realtime_offset, schedstat_ns};
 use crate::kmsg::{KmsgReader, TransitionLog, transition_log};
+use crate::syscall_trace::SyscallTrace;
 
 /// The settings compared, in the order of the first round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,9 +127,16 @@ pub struct Row {
     pub align_after_us: Option<f64>,
     pub drift_us: Option<f64>,
     pub note: String,
+    /// Apply only: when the setting entered `finit_module` (kernel tracing),
+    /// the start of all the kernel's work for the operation.
+    pub kernel_call_ms: Option<f64>,
+    /// Apply only: the kernel's whole work, call → end record.
+    pub kernel_work_ms: Option<f64>,
+    /// wall / the kernel's whole work.
+    pub work_ratio: Option<f64>,
 }
 
-pub const CSV_HEADER: &str = "round,seq,setting,op,ok,spawn_s,kernel_start_ms,kernel_end_ms,kernel_ms,noticed_ms,wall_ms,lag_ms,exit_lag_ms,wall_ratio,cpu_wait_ms,cpu_window_ms,cpu_wait_pct,cpu_total_ms,cpu_total_pct,self_cpu_pct,polls,align_us,align_after_us,drift_us,note";
+pub const CSV_HEADER: &str = "round,seq,setting,op,ok,spawn_s,kernel_start_ms,kernel_end_ms,kernel_ms,noticed_ms,wall_ms,lag_ms,exit_lag_ms,wall_ratio,cpu_wait_ms,cpu_window_ms,cpu_wait_pct,cpu_total_ms,cpu_total_pct,self_cpu_pct,polls,align_us,align_after_us,drift_us,note,kernel_call_ms,kernel_work_ms,work_ratio";
 
 fn opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.4}")).unwrap_or_default()
@@ -143,6 +151,16 @@ fn parse_opt(s: &str) -> Result<Option<f64>, String> {
 }
 
 impl Row {
+    /// Wall time over the kernel's transition and over its whole work, for
+    /// transitions that went past the kernel's first attempt.
+    pub fn set_ratios(&mut self) {
+        let Some(wall) = self.wall_ms else { return };
+        if self.kernel_ms.is_some_and(|k| k >= FIRST_ATTEMPT_MS) {
+            self.wall_ratio = self.kernel_ms.map(|k| wall / k);
+            self.work_ratio = self.kernel_work_ms.map(|k| wall / k);
+        }
+    }
+
     pub fn to_csv(&self) -> String {
         let note: String = self
             .note
@@ -150,7 +168,7 @@ impl Row {
             .map(|c| if c == ',' || c.is_control() { ';' } else { c })
             .collect();
         format!(
-            "{},{},{},{},{},{:.6},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{:.6},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             self.round,
             self.seq,
             self.setting,
@@ -175,14 +193,17 @@ impl Row {
             opt(self.align_us),
             opt(self.align_after_us),
             opt(self.drift_us),
-            note
+            note,
+            opt(self.kernel_call_ms),
+            opt(self.kernel_work_ms),
+            opt(self.work_ratio),
         )
     }
 
     pub fn from_csv(line: &str) -> Result<Self, String> {
-        let f: Vec<&str> = line.splitn(25, ',').collect();
-        if f.len() != 25 {
-            return Err(format!("{} fields, expected 25", f.len()));
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 28 {
+            return Err(format!("{} fields, expected 28", f.len()));
         }
         let int = |s: &str| s.parse::<u32>().map_err(|e| format!("{s:?}: {e}"));
         Ok(Self {
@@ -215,6 +236,9 @@ impl Row {
             align_after_us: parse_opt(f[22])?,
             drift_us: parse_opt(f[23])?,
             note: f[24].to_string(),
+            kernel_call_ms: parse_opt(f[25])?,
+            kernel_work_ms: parse_opt(f[26])?,
+            work_ratio: parse_opt(f[27])?,
         })
     }
 }
@@ -237,7 +261,16 @@ pub struct LagConfig {
     /// Print graft-agent's stderr after each of its trials (diagnosis: run
     /// with GRAFT_LOG=graft_agent=trace to see every wake-up of its watcher).
     pub echo_agent_stderr: bool,
+    /// tracefs, for the moment each apply enters `finit_module`.
+    pub tracing: PathBuf,
 }
+
+/// A transition shorter than this ended at the kernel's first attempt,
+/// inside `finit_module` or the write to `enabled`, before the one-second
+/// retries. Its wall-time ratio says how long exec and module loading take,
+/// not how a setting follows a transition, so it is left out of the ratios
+/// (the rows keep the times).
+pub const FIRST_ATTEMPT_MS: f64 = 100.0;
 
 /// When the child exited (CLOCK_MONOTONIC ns) and what it printed.
 struct Exited {
@@ -268,13 +301,44 @@ pub struct LagBench {
     cfg: LagConfig,
     kmsg: KmsgReader,
     seq: u32,
+    trace: Result<SyscallTrace, String>,
 }
 
 impl LagBench {
     pub fn new(cfg: LagConfig) -> anyhow::Result<Self> {
         let kmsg = KmsgReader::open(&cfg.kmsg)
             .map_err(|e| anyhow::anyhow!("opening {}: {e}", cfg.kmsg.display()))?;
-        Ok(Self { cfg, kmsg, seq: 0 })
+        let trace = SyscallTrace::open(&cfg.tracing);
+        Ok(Self {
+            cfg,
+            kmsg,
+            seq: 0,
+            trace,
+        })
+    }
+
+    /// Why the kernel-call column is empty, if it is.
+    pub fn trace_problem(&self) -> Option<&str> {
+        self.trace.as_ref().err().map(String::as_str)
+    }
+
+    /// Runs each setting's binary once before the first trial, so that no
+    /// setting's first trial pays for faulting a binary in that the others
+    /// find in the page cache.
+    fn warm_up(&self) {
+        let runs = [
+            Command::new(&self.cfg.agent)
+                .arg("--json")
+                .arg("inspect")
+                .arg(&self.cfg.module)
+                .output(),
+            Command::new(&self.cfg.bench).arg("--help").output(),
+        ];
+        for run in runs {
+            if let Err(e) = run {
+                eprintln!("graft-bench: warm-up run failed: {e}");
+            }
+        }
     }
 
     fn patch_dir(&self) -> PathBuf {
@@ -288,6 +352,7 @@ impl LagBench {
     /// Runs every round; `emit` gets each row as soon as its trial is over.
     pub fn run(&mut self, mut emit: impl FnMut(&Row)) -> Vec<Row> {
         let mut rows = Vec::new();
+        self.warm_up();
         for round in 1..=self.cfg.rounds {
             let start = (round as usize - 1) % Setting::ALL.len();
             for i in 0..Setting::ALL.len() {
@@ -430,6 +495,9 @@ impl LagBench {
         let (align, _) = self.kmsg.align(&format!("{seq}.before"), 3)?;
         let (rt_offset, _) = realtime_offset();
         self.kmsg.drain()?;
+        if let Ok(trace) = &self.trace {
+            trace.clear();
+        }
         let patching = op == Op::Apply;
         let mut cmd = self.command(setting, op);
         let cpu_children_before = children_cpu_ns();
@@ -509,6 +577,14 @@ impl LagBench {
         if let (Some(s), Some(e)) = (row.kernel_start_ms, row.kernel_end_ms) {
             row.kernel_ms = Some(e - s);
         }
+        if let Ok(trace) = &self.trace
+            && patching
+        {
+            row.kernel_call_ms = trace.take_module_call(pid).map(rel);
+        }
+        if let (Some(c), Some(e)) = (row.kernel_call_ms, row.kernel_end_ms) {
+            row.kernel_work_ms = Some(e - c);
+        }
         if let (Some((_, Some((t0, c0)))), Some((_, Some((t1, c1))))) = (start, end)
             && t1 > t0
         {
@@ -561,9 +637,7 @@ impl LagBench {
         };
         row.lag_ms = Some(rel(noticed) - end_ms);
         row.exit_lag_ms = Some(rel(exited.at_ns) - end_ms);
-        if let Some(k) = row.kernel_ms.filter(|k| *k > 0.0) {
-            row.wall_ratio = Some(rel(exited.at_ns) / k);
-        }
+        row.set_ratios();
         if self.kmsg.lost > 0 {
             row.note = format!("{} kernel log records lost so far", self.kmsg.lost);
         }
@@ -711,6 +785,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ratios_leave_out_transitions_done_at_the_first_attempt() {
+        let mut slow = Row {
+            wall_ms: Some(1100.0),
+            kernel_ms: Some(1000.0),
+            kernel_work_ms: Some(1080.0),
+            ..Row::default()
+        };
+        slow.set_ratios();
+        assert_eq!(slow.wall_ratio, Some(1.1));
+        assert!((slow.work_ratio.unwrap() - 1100.0 / 1080.0).abs() < 1e-12);
+        let mut quick = Row {
+            wall_ms: Some(150.0),
+            kernel_ms: Some(3.0),
+            kernel_work_ms: Some(90.0),
+            ..Row::default()
+        };
+        quick.set_ratios();
+        assert_eq!((quick.wall_ratio, quick.work_ratio), (None, None));
+    }
+
+    #[test]
     fn rows_round_trip_through_csv() {
         let row = Row {
             round: 3,
@@ -726,12 +821,14 @@ mod tests {
             wall_ms: Some(1430.0),
             lag_ms: Some(3.5),
             polls: Some(4),
+            kernel_call_ms: Some(-28.5),
+            work_ratio: Some(1.0625),
             note: "a, b\nc".into(),
             ..Row::default()
         };
         let line = row.to_csv();
-        assert_eq!(line.split(',').count(), 25);
-        assert_eq!(CSV_HEADER.split(',').count(), 25);
+        assert_eq!(line.split(',').count(), 28);
+        assert_eq!(CSV_HEADER.split(',').count(), 28);
         let back = Row::from_csv(&line).unwrap();
         assert_eq!(back.note, "a; b;c");
         assert_eq!(

@@ -13,6 +13,7 @@ pub mod lag;
 pub mod report;
 pub mod scan;
 pub mod stats;
+pub mod syscall_trace;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -52,6 +53,9 @@ pub enum Cmd {
         kmsg: PathBuf,
         #[arg(long, default_value = "/sys")]
         sys: PathBuf,
+        /// tracefs, for when each apply enters finit_module (mounted by the guest script).
+        #[arg(long, default_value = "/sys/kernel/tracing")]
+        tracing: PathBuf,
         /// Print graft-agent's stderr after each of its trials (set GRAFT_LOG to see its watcher).
         #[arg(long)]
         agent_log: bool,
@@ -167,6 +171,7 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
             trial_timeout,
             kmsg,
             sys,
+            tracing,
             agent_log,
         } => {
             let cfg = lag::LagConfig {
@@ -180,6 +185,7 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
                 settle,
                 trial_timeout,
                 echo_agent_stderr: agent_log,
+                tracing,
             };
             lag::check_inputs(&cfg)?;
             for (k, v) in lag::guest_facts() {
@@ -188,6 +194,9 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
             println!("{}rounds {rounds}", report::FACT_PREFIX);
             println!("@@GRAFT bench-csv-header {}", lag::CSV_HEADER);
             let mut bench = lag::LagBench::new(cfg)?;
+            if let Some(why) = bench.trace_problem() {
+                println!("{}kernel-calls not traced: {why}", report::FACT_PREFIX);
+            }
             let rows = bench.run(|r| {
                 println!(
                     "@@GRAFT bench-trial round {} {} {}: {} lag {} ms, wall {} ms, kernel {} ms{}",
