@@ -6,10 +6,11 @@
 
 use std::ffi::CString;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+pub use super::proc_scan::scan_patch_states;
 use super::{
     Kernel, KernelKind, KernelResult, LoadedModule, PatchProgress, PatchSysfs, PatchedFunction,
     PatchedObject, ProgressReader, TaskPatchState, TransitionHints, kmsg::KmsgHints,
@@ -331,45 +332,6 @@ impl Kernel for LinuxKernel {
     }
 }
 
-/// Reads every thread's `patch_state` under a procfs root. Hot path: with
-/// 10,000 threads this is the bulk of a blocking-task scan, so it reuses one
-/// path buffer and one read buffer.
-pub fn scan_patch_states(proc_root: &Path) -> KernelResult<Vec<TaskPatchState>> {
-    let mut states = Vec::new();
-    let mut path = PathBuf::with_capacity(64);
-    let mut buf = [0u8; 8];
-    for entry in fs::read_dir(proc_root)? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = parse_id(&entry.file_name()) else {
-            continue;
-        };
-        path.clear();
-        path.push(proc_root);
-        path.push(entry.file_name());
-        path.push("task");
-        // A process can exit at any moment: a vanished directory is not an error.
-        let Ok(tasks) = fs::read_dir(&path) else {
-            continue;
-        };
-        for task in tasks {
-            let Ok(task) = task else { continue };
-            let Some(tid) = parse_id(&task.file_name()) else {
-                continue;
-            };
-            let mut file_path = task.path();
-            file_path.push("patch_state");
-            let Ok(mut file) = File::open(&file_path) else {
-                continue;
-            };
-            let Ok(n) = file.read(&mut buf) else { continue };
-            if let Some(state) = parse_patch_state(&buf[..n]) {
-                states.push(TaskPatchState { pid, tid, state });
-            }
-        }
-    }
-    Ok(states)
-}
-
 /// `/proc/modules`: "name size refcnt deps state address [(taints)]" per
 /// module, e.g. "graft_demo 16384 1 - Live 0xffffffffc0a3c000 (OEK)". Taint K
 /// marks a livepatch. `srcversion` is not in it (left `None`).
@@ -390,10 +352,6 @@ pub fn parse_proc_modules(text: &str) -> Vec<LoadedModule> {
             })
         })
         .collect()
-}
-
-fn parse_id(name: &std::ffi::OsStr) -> Option<u32> {
-    name.to_str()?.parse().ok()
 }
 
 /// `patch_state` reads "-1\n", "0\n" or "1\n".
@@ -650,19 +608,5 @@ mod tests {
         assert_eq!(found[0].name, "graft_demo");
         assert_eq!(found[0].srcversion.as_deref(), Some("ABC"));
         assert_eq!(found[0].refcnt, 1);
-    }
-
-    #[test]
-    fn scans_patch_states_of_every_thread() {
-        let root = tempfile::tempdir().unwrap();
-        write(&root.path().join("1/task/1/patch_state"), "1\n");
-        write(&root.path().join("42/task/42/patch_state"), "0\n");
-        write(&root.path().join("42/task/43/patch_state"), "1\n");
-        write(&root.path().join("self/task/9/patch_state"), "0\n");
-        fs::create_dir_all(root.path().join("77/task/77")).unwrap();
-        let mut states = scan_patch_states(root.path()).unwrap();
-        states.sort_by_key(|s| s.tid);
-        let got: Vec<_> = states.iter().map(|s| (s.pid, s.tid, s.state)).collect();
-        assert_eq!(got, vec![(1, 1, 1), (42, 42, 0), (42, 43, 1)]);
     }
 }

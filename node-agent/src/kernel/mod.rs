@@ -9,6 +9,7 @@
 
 pub mod kmsg;
 pub mod linux;
+pub mod proc_scan;
 pub mod sim;
 
 use std::io;
