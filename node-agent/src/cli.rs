@@ -536,7 +536,7 @@ fn inspect(
     path: &Path,
     sha256: Option<&str>,
 ) -> crate::error::Result<InspectReport> {
-    let info = module_file::inspect_file(path)?;
+    let info = module_file::inspect_file(path, module_file::Digest::Compute)?;
     let release = patcher
         .kernel()
         .release()

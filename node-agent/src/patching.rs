@@ -15,7 +15,9 @@ use serde::Serialize;
 use crate::error::{AgentError, LoadRefusal, Result, exit_code, libc_errno};
 use crate::journal::{StateDir, TransitionRecord, unix_ms};
 use crate::kernel::{Kernel, KernelKind, LoadedModule, PatchSysfs, Target};
-use crate::module_file::{ModuleInfo, check_loadable, inspect_file, is_valid_module_name};
+use crate::module_file::{
+    Digest, ModuleInfo, check_loadable, inspect_file, is_valid_module_name,
+};
 use crate::tasks::{BlockingTask, TaskCensus, census, describe_blockers};
 use crate::transition::{Observation, Waiter, observe_with};
 
@@ -268,7 +270,12 @@ impl<'k> Patcher<'k> {
 
     /// Inspects a module file and checks that this node may load it. No kernel state changes.
     pub fn inspect(&self, path: &Path, pinned_sha256: Option<&str>) -> Result<ModuleInfo> {
-        let info = inspect_file(path)?;
+        let digest = if pinned_sha256.is_some() {
+            Digest::Compute
+        } else {
+            Digest::Skip
+        };
+        let info = inspect_file(path, digest)?;
         check_loadable(&info, &self.release()?, pinned_sha256)?;
         Ok(info)
     }

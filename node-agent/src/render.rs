@@ -51,7 +51,9 @@ pub fn inspect(r: &InspectReport) -> String {
         },
     );
     field(&mut out, "size", format!("{} bytes", m.size_bytes));
-    field(&mut out, "sha256", &m.sha256);
+    if let Some(digest) = &m.sha256 {
+        field(&mut out, "sha256", digest);
+    }
     match &r.refusal {
         None => field(&mut out, "verdict", "loadable on this kernel"),
         Some(why) => field(&mut out, "verdict", format!("refused: {why}")),

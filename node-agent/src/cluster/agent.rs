@@ -479,10 +479,13 @@ impl Agent {
                 );
             }
             Some(_) => {}
-            None => self.model(run).entry_mut(lp).sha256 = Some(actual),
+            None => self.model(run).entry_mut(lp).sha256 = Some(actual.clone()),
         }
         let info = match module_file::inspect_bytes(&PathBuf::from(&source), &bytes) {
-            Ok(i) => i,
+            Ok(i) => ModuleInfo {
+                sha256: Some(actual),
+                ..i
+            },
             Err(e) => {
                 return fail(
                     run,
