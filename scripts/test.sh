@@ -12,7 +12,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
-ALL_STAGES=(lint unit fuzz ansible helm prometheus vm e2e)
+ALL_STAGES=(lint unit fuzz ansible helm prometheus vm bench e2e)
 
 stage_lint() {
     cargo fmt --all -- --check &&
