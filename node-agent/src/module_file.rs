@@ -305,7 +305,10 @@ name=graft_demo\0vermagic=6.1.0-56-amd64 SMP preempt mod_unload modversions \0sr
         assert_eq!(info.srcversion.as_deref(), Some("0A1B2C3D"));
         assert!(info.depends.is_empty());
         assert_eq!(info.size_bytes, elf.len() as u64);
-        assert_eq!(info.sha256, None, "the caller of inspect_bytes has its own digest");
+        assert_eq!(
+            info.sha256, None,
+            "the caller of inspect_bytes has its own digest"
+        );
         let digest = sha256_hex(&elf);
         let info = ModuleInfo {
             sha256: Some(digest.clone()),
@@ -384,7 +387,13 @@ name=graft_demo\0vermagic=6.1.0-56-amd64 SMP preempt mod_unload modversions \0sr
         assert_eq!(hashed.sha256, Some(sha256_hex(&elf)));
         let plain = inspect_file(&path, Digest::Skip).unwrap();
         assert_eq!(plain.sha256, None);
-        assert_eq!(ModuleInfo { sha256: None, ..hashed }, plain);
+        assert_eq!(
+            ModuleInfo {
+                sha256: None,
+                ..hashed
+            },
+            plain
+        );
     }
 
     #[test]

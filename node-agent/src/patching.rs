@@ -15,9 +15,7 @@ use serde::Serialize;
 use crate::error::{AgentError, LoadRefusal, Result, exit_code, libc_errno};
 use crate::journal::{StateDir, TransitionRecord, unix_ms};
 use crate::kernel::{Kernel, KernelKind, LoadedModule, PatchSysfs, Target};
-use crate::module_file::{
-    Digest, ModuleInfo, check_loadable, inspect_file, is_valid_module_name,
-};
+use crate::module_file::{Digest, ModuleInfo, check_loadable, inspect_file, is_valid_module_name};
 use crate::tasks::{BlockingTask, TaskCensus, census, describe_blockers};
 use crate::transition::{Observation, Waiter, observe_with};
 
