@@ -100,6 +100,10 @@ pub fn tables(rows: &[Row]) -> String {
         let _ = writeln!(out, "| metric | setting | median | min | max | p90 | n |");
         let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
         for (name, f, digits) in METRICS {
+            // Columns only one operation has (the finit_module call) stay out of the other's table.
+            if rows.iter().all(|r| r.op != op || f(r).is_none()) {
+                continue;
+            }
             for setting in Setting::ALL {
                 let rs = ok_rows(rows, setting.name(), op);
                 match summary(&rs, f) {
@@ -321,6 +325,28 @@ mod tests {
         );
         assert!(
             t.contains("| apply | detection lag: poll-1s / graft-agent | 160.00× |"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn a_column_only_apply_has_stays_out_of_the_revert_table() {
+        let rows: Vec<Row> = full_round()
+            .into_iter()
+            .map(|r| Row {
+                kernel_call_ms: (r.op == "apply").then_some(20.0),
+                ..r
+            })
+            .collect();
+        let t = tables(&rows);
+        let (apply, revert) = t.split_once("#### revert").unwrap();
+        assert!(
+            apply.contains("| spawn → finit_module (ms) | graft-agent | 20.0 |"),
+            "{t}"
+        );
+        assert!(!revert.contains("finit_module"), "{t}");
+        assert!(
+            revert.contains("| detection lag (ms) | graft-agent |"),
             "{t}"
         );
     }
