@@ -249,11 +249,19 @@ fn resource_version<K: kube::Resource>(object: &K) -> Option<String> {
     object.meta().resource_version.clone()
 }
 
-fn before_of<K: kube::Resource>(objects: &[Arc<K>], name: &str) -> Option<String> {
+fn named<'w, K: kube::Resource>(objects: &'w [Arc<K>], name: &str) -> Option<&'w K> {
     objects
         .iter()
         .find(|o| o.meta().name.as_deref() == Some(name))
-        .and_then(|o| resource_version(o.as_ref()))
+        .map(AsRef::as_ref)
+}
+
+fn before_of<K: kube::Resource>(objects: &[Arc<K>], name: &str) -> Option<String> {
+    named(objects, name).and_then(resource_version)
+}
+
+fn uid_of<K: kube::Resource>(objects: &[Arc<K>], name: &str) -> Option<String> {
+    named(objects, name).and_then(|o| o.meta().uid.clone())
 }
 
 /// Carries out `plan`, made from `world`. Never fails as a whole: each write
@@ -266,244 +274,237 @@ pub async fn execute(ctx: &Context, world: &World, plan: &Plan) -> Outcome {
 
     // 1. Finalizers first, so a LivePatch can never lose track of its nodes.
     let adds = plan.finalizers.iter().filter(|f| f.add);
-    let results = run_all(
-        adds.map(|change| {
-            let api = live_patches.clone();
-            async move {
-                let result = api
-                    .patch(
-                        &change.live_patch,
-                        &merge_params(),
-                        &Patch::Merge(finalizer_body(change)),
-                    )
-                    .await
-                    .map_err(|e| {
-                        Error::kube(
-                            format!("add finalizer to LivePatch {}", change.live_patch),
-                            e,
-                        )
-                    });
-                (change, result)
-            }
-            .boxed()
-        })
-        .collect(),
+    write_all(
+        ctx,
+        world,
+        &mut outcome,
+        adds,
+        |change| finalizer_write(&live_patches, change),
+        |_| {},
     )
     .await;
-    for (change, result) in results {
-        match result {
-            Ok(lp) => outcome.written.push(Written {
-                kind: Kind::LivePatch,
-                name: change.live_patch.clone(),
-                before: change.resource_version.clone(),
-                after: resource_version(&lp),
-            }),
-            Err(error) => {
-                report_error(ctx, lp_target(world, &change.live_patch), &error).await;
-                outcome.errors.push(error);
-            }
-        }
-    }
 
     // 2. LivePatchNode specs.
-    let results = run_all(
-        plan.node_specs
-            .iter()
-            .map(|write| {
-                let api = live_patch_nodes.clone();
-                async move {
-                    let result = api
-                        .patch(
-                            &write.node,
-                            &apply_params(),
-                            &Patch::Apply(node_spec_body(write)),
-                        )
-                        .await
-                        .map_err(|e| {
-                            Error::kube(
-                                format!("apply the spec of LivePatchNode {}", write.node),
-                                e,
-                            )
-                        });
-                    (write, result)
-                }
-                .boxed()
-            })
-            .collect(),
+    let node_specs_ok = write_all(
+        ctx,
+        world,
+        &mut outcome,
+        &plan.node_specs,
+        |write| node_spec_write(&live_patch_nodes, world, write),
+        |write| debug!(node = %write.node, patches = write.spec.patches.len(), "applied LivePatchNode spec"),
     )
     .await;
-    let mut node_specs_ok = true;
-    for (write, result) in results {
-        match result {
-            Ok(lpn) => {
-                debug!(node = %write.node, patches = write.spec.patches.len(), "applied LivePatchNode spec");
-                outcome.written.push(Written {
-                    kind: Kind::LivePatchNode,
-                    name: write.node.clone(),
-                    before: before_of(&world.live_patch_nodes, &write.node),
-                    after: resource_version(&lpn),
-                });
-            }
-            Err(error) => {
-                node_specs_ok = false;
-                report_error(ctx, node_target(world, &write.node), &error).await;
-                outcome.errors.push(error);
-            }
-        }
-    }
 
     // 3. Cordons and uncordons.
-    let results = run_all(
-        plan.cordons
-            .iter()
-            .map(|change| {
-                let api = nodes.clone();
-                async move {
-                    let result = api
-                        .patch(
-                            &change.node,
-                            &merge_params(),
-                            &Patch::Merge(cordon_body(change)),
-                        )
-                        .await
-                        .map_err(|e| {
-                            let verb = match change.action {
-                                CordonAction::Cordon => "cordon",
-                                CordonAction::Uncordon => "uncordon",
-                                CordonAction::Remark | CordonAction::Unmark => {
-                                    "update the cordon mark of"
-                                }
-                            };
-                            Error::kube(format!("{verb} node {}", change.node), e)
-                        });
-                    (change, result)
-                }
-                .boxed()
-            })
-            .collect(),
+    let mut events: Vec<&PlannedEvent> = Vec::new();
+    write_all(
+        ctx,
+        world,
+        &mut outcome,
+        &plan.cordons,
+        |change| cordon_write(&nodes, change),
+        |change| {
+            info!(node = %change.node, action = ?change.action, cordoned_by = change.cordoned_by.as_deref().unwrap_or(""), "cordon change");
+            events.extend(&change.events);
+        },
     )
     .await;
-    let mut events: Vec<&PlannedEvent> = Vec::new();
-    for (change, result) in results {
-        match result {
-            Ok(node) => {
-                info!(node = %change.node, action = ?change.action, cordoned_by = change.cordoned_by.as_deref().unwrap_or(""), "cordon change");
-                outcome.written.push(Written {
-                    kind: Kind::Node,
-                    name: change.node.clone(),
-                    before: change.resource_version.clone(),
-                    after: resource_version(&node),
-                });
-                events.extend(&change.events);
-            }
-            Err(error) => {
-                report_error(ctx, node_target(world, &change.node), &error).await;
-                outcome.errors.push(error);
-            }
-        }
-    }
 
     // 4. LivePatch statuses.
-    let results = run_all(
-        plan.statuses
-            .iter()
-            .map(|write| {
-                let api = live_patches.clone();
-                async move {
-                    let result = api
-                        .patch_status(
-                            &write.live_patch,
-                            &apply_params(),
-                            &Patch::Apply(status_body(write)),
-                        )
-                        .await
-                        .map_err(|e| {
-                            Error::kube(
-                                format!("apply the status of LivePatch {}", write.live_patch),
-                                e,
-                            )
-                        });
-                    (write, result)
-                }
-                .boxed()
-            })
-            .collect(),
+    write_all(
+        ctx,
+        world,
+        &mut outcome,
+        &plan.statuses,
+        |write| status_write(&live_patches, world, write),
+        |_| {},
     )
     .await;
-    for (write, result) in results {
-        match result {
-            Ok(lp) => outcome.written.push(Written {
-                kind: Kind::LivePatch,
-                name: write.live_patch.clone(),
-                before: before_of(&world.live_patches, &write.live_patch),
-                after: resource_version(&lp),
-            }),
-            Err(error) => {
-                report_error(ctx, lp_target(world, &write.live_patch), &error).await;
-                outcome.errors.push(error);
-            }
-        }
-    }
 
     // 5. Finalizer removals, once the entries are gone from every node.
     if node_specs_ok {
         let removals = plan.finalizers.iter().filter(|f| !f.add);
-        let results = run_all(
-            removals
-                .map(|change| {
-                    let api = live_patches.clone();
-                    async move {
-                        let result = api
-                            .patch(
-                                &change.live_patch,
-                                &merge_params(),
-                                &Patch::Merge(finalizer_body(change)),
-                            )
-                            .await
-                            .map_err(|e| {
-                                Error::kube(
-                                    format!(
-                                        "remove the finalizer of LivePatch {}",
-                                        change.live_patch
-                                    ),
-                                    e,
-                                )
-                            });
-                        (change, result)
-                    }
-                    .boxed()
-                })
-                .collect(),
+        write_all(
+            ctx,
+            world,
+            &mut outcome,
+            removals,
+            |change| finalizer_write(&live_patches, change),
+            |change| info!(live_patch = %change.live_patch, "reverted everywhere: finalizer removed"),
         )
         .await;
-        for (change, result) in results {
-            match result {
-                Ok(lp) => {
-                    info!(live_patch = %change.live_patch, "reverted everywhere: finalizer removed");
-                    outcome.written.push(Written {
-                        kind: Kind::LivePatch,
-                        name: change.live_patch.clone(),
-                        before: change.resource_version.clone(),
-                        after: resource_version(&lp),
-                    });
-                }
-                // Already gone: nothing left to do.
-                Err(Error::Kube {
-                    source: kube::Error::Api(status),
-                    ..
-                }) if status.code == 404 => {}
-                Err(error) => {
-                    report_error(ctx, lp_target(world, &change.live_patch), &error).await;
-                    outcome.errors.push(error);
-                }
-            }
-        }
     }
 
     // 6. Events, best effort.
     events.extend(&plan.events);
     publish_all(ctx, events).await;
     outcome
+}
+
+/// One write of a plan, not yet sent.
+struct PendingWrite<'a, K> {
+    kind: Kind,
+    name: &'a str,
+    /// For [`Written::before`].
+    before: Option<String>,
+    /// What the write does, as its error says it.
+    what: String,
+    /// Whether a 404 means the write is moot rather than failed.
+    gone_is_done: bool,
+    request: BoxFuture<'a, kube::Result<K>>,
+}
+
+/// Sends `write(item)` for every item, [`CONCURRENCY`] at a time, then takes
+/// the answers in the order they came: an object written is recorded in
+/// `outcome` (after `on_written` saw its item), a failure is reported against
+/// the object and kept in `outcome`. Returns whether no failure was kept.
+async fn write_all<'a, T: Sync + 'a, K: kube::Resource>(
+    ctx: &Context,
+    world: &World,
+    outcome: &mut Outcome,
+    items: impl IntoIterator<Item = &'a T>,
+    write: impl Fn(&'a T) -> PendingWrite<'a, K>,
+    mut on_written: impl FnMut(&'a T),
+) -> bool {
+    let results = run_all(
+        items
+            .into_iter()
+            .map(|item| {
+                let mut write = write(item);
+                async move {
+                    let result = write.request.as_mut().await;
+                    (item, write, result)
+                }
+                .boxed()
+            })
+            .collect(),
+    )
+    .await;
+    let mut all_ok = true;
+    for (item, write, result) in results {
+        match result {
+            Ok(object) => {
+                on_written(item);
+                outcome.written.push(Written {
+                    kind: write.kind,
+                    name: write.name.to_owned(),
+                    before: write.before,
+                    after: resource_version(&object),
+                });
+            }
+            Err(kube::Error::Api(status)) if write.gone_is_done && status.code == 404 => {}
+            Err(source) => {
+                all_ok = false;
+                let error = Error::kube(write.what, source);
+                let target = write_target(world, write.kind, write.name);
+                report_error(ctx, target, &error).await;
+                outcome.errors.push(error);
+            }
+        }
+    }
+    all_ok
+}
+
+fn finalizer_write<'a>(
+    api: &Api<LivePatch>,
+    change: &'a FinalizerChange,
+) -> PendingWrite<'a, LivePatch> {
+    let api = api.clone();
+    let what = if change.add {
+        format!("add finalizer to LivePatch {}", change.live_patch)
+    } else {
+        format!("remove the finalizer of LivePatch {}", change.live_patch)
+    };
+    PendingWrite {
+        kind: Kind::LivePatch,
+        name: &change.live_patch,
+        before: change.resource_version.clone(),
+        what,
+        // A LivePatch already deleted has no finalizer left to remove.
+        gone_is_done: !change.add,
+        request: async move {
+            api.patch(
+                &change.live_patch,
+                &merge_params(),
+                &Patch::Merge(finalizer_body(change)),
+            )
+            .await
+        }
+        .boxed(),
+    }
+}
+
+fn node_spec_write<'a>(
+    api: &Api<LivePatchNode>,
+    world: &World,
+    write: &'a NodeSpecWrite,
+) -> PendingWrite<'a, LivePatchNode> {
+    let api = api.clone();
+    PendingWrite {
+        kind: Kind::LivePatchNode,
+        name: &write.node,
+        before: before_of(&world.live_patch_nodes, &write.node),
+        what: format!("apply the spec of LivePatchNode {}", write.node),
+        gone_is_done: false,
+        request: async move {
+            api.patch(
+                &write.node,
+                &apply_params(),
+                &Patch::Apply(node_spec_body(write)),
+            )
+            .await
+        }
+        .boxed(),
+    }
+}
+
+fn cordon_write<'a>(api: &Api<Node>, change: &'a CordonChange) -> PendingWrite<'a, Node> {
+    let api = api.clone();
+    let verb = match change.action {
+        CordonAction::Cordon => "cordon",
+        CordonAction::Uncordon => "uncordon",
+        CordonAction::Remark | CordonAction::Unmark => "update the cordon mark of",
+    };
+    PendingWrite {
+        kind: Kind::Node,
+        name: &change.node,
+        before: change.resource_version.clone(),
+        what: format!("{verb} node {}", change.node),
+        gone_is_done: false,
+        request: async move {
+            api.patch(
+                &change.node,
+                &merge_params(),
+                &Patch::Merge(cordon_body(change)),
+            )
+            .await
+        }
+        .boxed(),
+    }
+}
+
+fn status_write<'a>(
+    api: &Api<LivePatch>,
+    world: &World,
+    write: &'a StatusWrite,
+) -> PendingWrite<'a, LivePatch> {
+    let api = api.clone();
+    PendingWrite {
+        kind: Kind::LivePatch,
+        name: &write.live_patch,
+        before: before_of(&world.live_patches, &write.live_patch),
+        what: format!("apply the status of LivePatch {}", write.live_patch),
+        gone_is_done: false,
+        request: async move {
+            api.patch_status(
+                &write.live_patch,
+                &apply_params(),
+                &Patch::Apply(status_body(write)),
+            )
+            .await
+        }
+        .boxed(),
+    }
 }
 
 /// Publishes Events, a few at a time; failures are logged and counted only.
@@ -544,27 +545,17 @@ async fn run_all<T>(futures: Vec<BoxFuture<'_, T>>) -> Vec<T> {
         .await
 }
 
-fn lp_target(world: &World, name: &str) -> Target {
+/// The object an Event about a failed write is on: a LivePatchNode is named
+/// after its Node, and its failures show where `kubectl describe node` looks.
+fn write_target(world: &World, kind: Kind, name: &str) -> Target {
+    let (kind, uid) = match kind {
+        Kind::LivePatch => (TargetKind::LivePatch, uid_of(&world.live_patches, name)),
+        Kind::LivePatchNode | Kind::Node => (TargetKind::Node, uid_of(&world.nodes, name)),
+    };
     Target {
-        kind: TargetKind::LivePatch,
+        kind,
         name: name.to_owned(),
-        uid: world
-            .live_patches
-            .iter()
-            .find(|lp| lp.metadata.name.as_deref() == Some(name))
-            .and_then(|lp| lp.metadata.uid.clone()),
-    }
-}
-
-fn node_target(world: &World, name: &str) -> Target {
-    Target {
-        kind: TargetKind::Node,
-        name: name.to_owned(),
-        uid: world
-            .nodes
-            .iter()
-            .find(|n| n.metadata.name.as_deref() == Some(name))
-            .and_then(|n| n.metadata.uid.clone()),
+        uid,
     }
 }
 
