@@ -45,6 +45,13 @@ pub enum Cmd {
         patch: String,
         #[arg(long, default_value_t = 10)]
         rounds: u32,
+        /// graft-agent trials per operation that must last past the kernel's first
+        /// attempt (only those are judged); more rounds run until they do.
+        #[arg(long, default_value_t = 2)]
+        min_judged: usize,
+        /// The most rounds, extra ones included.
+        #[arg(long)]
+        max_rounds: Option<u32>,
         #[arg(long, default_value = "300ms", value_parser = parse_duration)]
         settle: Duration,
         #[arg(long, default_value = "120s", value_parser = parse_duration)]
@@ -167,6 +174,8 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
             module,
             patch,
             rounds,
+            min_judged,
+            max_rounds,
             settle,
             trial_timeout,
             kmsg,
@@ -179,6 +188,8 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
                 module,
                 patch,
                 rounds,
+                min_judged,
+                max_rounds: max_rounds.unwrap_or(rounds + 3).max(rounds),
                 kmsg,
                 sys,
                 bench: std::env::current_exe()?,
@@ -215,6 +226,11 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
                 );
                 println!("{}{}", report::CSV_PREFIX, r.to_csv());
             });
+            println!(
+                "{}rounds {}",
+                report::FACT_PREFIX,
+                lag::LagBench::rounds_run(&rows)
+            );
             let failed = rows.iter().filter(|r| !r.ok).count();
             println!(
                 "{}trials={} failed={failed}",

@@ -29,7 +29,12 @@ pub fn parse_console(log: &str) -> Console {
         let line = line.trim_end_matches('\r');
         if let Some(csv) = line.strip_prefix(CSV_PREFIX) {
             match Row::from_csv(csv) {
-                Ok(r) => c.rows.push(r),
+                // The shares follow from the raw times: derive them again, so
+                // that an older console reads by today's rules.
+                Ok(mut r) => {
+                    r.set_shares();
+                    c.rows.push(r);
+                }
                 Err(e) => c.broken.push(format!("{e}: {line}")),
             }
         } else if let Some(fact) = line.strip_prefix(FACT_PREFIX) {
@@ -136,8 +141,8 @@ pub fn tables(rows: &[Row]) -> String {
             out,
             "\nThe kernel finished {quick} of these {} transitions at its first attempt \
              (under {FIRST_ATTEMPT_MS} ms, before its one-second retries). They are in the \
-             times and CPU shares but not in the wall-time ratios, which would measure \
-             exec and module loading instead.\n",
+             times but not in the wall-time ratios or CPU shares: those would measure exec, \
+             module loading and the kernel's own work over a few milliseconds.\n",
             all.len()
         );
     }
@@ -284,8 +289,9 @@ mod tests {
             ok: true,
             kernel_ms: Some(1000.0),
             lag_ms: Some(lag),
-            wall_ratio: Some(1.005),
-            cpu_wait_pct: Some(0.2),
+            wall_ms: Some(1005.0),
+            cpu_wait_ms: Some(2.0),
+            cpu_window_ms: Some(1000.0),
             ..Row::default()
         }
     }
@@ -327,6 +333,24 @@ mod tests {
             t.contains("| apply | detection lag: poll-1s / graft-agent | 160.00× |"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn shares_are_derived_again_from_the_raw_times() {
+        let quick = Row {
+            kernel_ms: Some(2.2),
+            cpu_window_ms: Some(2.2),
+            cpu_wait_ms: Some(1.5),
+            cpu_wait_pct: Some(68.8),
+            wall_ratio: Some(40.3),
+            ..row("graft-agent", "apply", 3.0)
+        };
+        let c = parse_console(&console_with(&[quick], 1));
+        assert_eq!(c.rows[0].cpu_wait_pct, None);
+        assert_eq!(c.rows[0].wall_ratio, None);
+        let c = parse_console(&console_with(&full_round(), 1));
+        assert_eq!(c.rows[0].cpu_wait_pct, Some(0.2));
+        assert_eq!(c.rows[0].wall_ratio, Some(1.005));
     }
 
     #[test]
