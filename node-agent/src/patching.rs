@@ -19,6 +19,11 @@ use crate::module_file::{Digest, ModuleInfo, check_loadable, inspect_file, is_va
 use crate::tasks::{BlockingTask, TaskCensus, census, describe_blockers};
 use crate::transition::{Observation, Waiter, observe_with};
 
+/// How long cleaning up after a transition waits for disabled patches'
+/// directories to go. Kernels since 5.1 free them within milliseconds; older
+/// ones keep a disabled patch until its module is removed.
+const DISABLED_PATCH_GRACE: Duration = Duration::from_secs(5);
+
 /// How many blocking tasks a report names at most.
 pub const MAX_BLOCKING_REPORTED: usize = 50;
 
@@ -1392,11 +1397,18 @@ impl<'k> Patcher<'k> {
             .collect())
     }
 
+    /// Unloads the livepatch modules whose patch is gone: superseded by an
+    /// atomic replace, or left behind by another tool. The kernel disables
+    /// the patches a replace supersedes when its transition ends and frees
+    /// them a moment later from a worker, which then drops their modules'
+    /// references; so it first waits (briefly) for disabled patches to go,
+    /// or their modules would be left for the next run.
     fn unload_inert_modules(
         &self,
         deadline: Instant,
         observer: &mut dyn Observer,
     ) -> Result<Vec<String>> {
+        self.wait_for_disabled_patches(deadline.min(Instant::now() + DISABLED_PATCH_GRACE))?;
         let mut unloaded = Vec::new();
         for module in self.inert_modules()? {
             self.unload_when_free(&module.name, deadline, observer)?;
@@ -1404,6 +1416,29 @@ impl<'k> Patcher<'k> {
             unloaded.push(module.name);
         }
         Ok(unloaded)
+    }
+
+    /// Waits until no patch is disabled and idle (a directory about to go), or `until`.
+    fn wait_for_disabled_patches(&self, until: Instant) -> Result<()> {
+        loop {
+            let names = self
+                .kernel
+                .patch_names()
+                .map_err(|e| AgentError::kernel("listing /sys/kernel/livepatch", e))?;
+            let mut leaving = None;
+            for name in names {
+                if matches!(self.read_patch(&name)?, Some(p) if !p.enabled && !p.transition) {
+                    leaving = Some(name);
+                    break;
+                }
+            }
+            let Some(name) = leaving else { return Ok(()) };
+            if Instant::now() >= until {
+                tracing::info!(patch = %name, "a disabled patch is still registered; its module stays loaded");
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits for the module's refcount to reach 0, then `delete_module`.

@@ -82,7 +82,16 @@ pub struct SimPatch {
     pub replace: bool,
     pub objects: BTreeMap<String, Vec<String>>,
     pub transition_ms: u64,
+    /// A patch an atomic replace superseded: disabled, its directory freed
+    /// by a kernel worker at this time (simulated ms), as the real kernel
+    /// frees replaced patches asynchronously after the transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freed_at_ms: Option<u64>,
 }
+
+/// How long after an atomic replace completes the replaced patches'
+/// directories stay (disabled) before the simulated kernel frees them.
+pub const REPLACED_PATCH_FREE_MS: u64 = 100;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -284,17 +293,35 @@ impl SimState {
 
     /// Ends the transition when every task has reached its target. Returns whether anything changed.
     fn advance(&mut self, now: u64) -> bool {
+        let freed = self.free_replaced_patches(now);
         let Some(tr) = self.transition.clone() else {
-            return false;
+            return freed;
         };
         if (0..self.tasks.len()).any(|i| self.task_state_at(i, now) != tr.target) {
-            return false;
+            return freed;
         }
-        self.finish_transition(&tr);
+        self.finish_transition(&tr, now);
         true
     }
 
-    fn finish_transition(&mut self, tr: &SimTransition) {
+    /// Removes the directories of replaced patches whose time has come.
+    fn free_replaced_patches(&mut self, now: u64) -> bool {
+        let mut freed = false;
+        for module in self.modules.values_mut() {
+            if module
+                .patch
+                .as_ref()
+                .and_then(|p| p.freed_at_ms)
+                .is_some_and(|at| now >= at)
+            {
+                module.patch = None;
+                freed = true;
+            }
+        }
+        freed
+    }
+
+    fn finish_transition(&mut self, tr: &SimTransition, now: u64) {
         self.transition = None;
         if tr.target == 1 {
             self.log
@@ -305,10 +332,14 @@ impl SimState {
                 .and_then(|m| m.patch.as_ref())
                 .is_some_and(|p| p.replace);
             if replace {
-                // The replaced patches' directories go; their modules stay loaded.
+                // The replaced patches are disabled now and their directories
+                // go a moment later; their modules stay loaded.
                 for (name, module) in self.modules.iter_mut() {
-                    if *name != tr.patch && module.patch.is_some() {
-                        module.patch = None;
+                    if *name != tr.patch
+                        && let Some(patch) = module.patch.as_mut()
+                    {
+                        patch.enabled = false;
+                        patch.freed_at_ms = Some(now + REPLACED_PATCH_FREE_MS);
                     }
                 }
             }
@@ -689,7 +720,7 @@ impl Kernel for SimKernel {
     }
 
     fn force(&self, name: &str) -> KernelResult<()> {
-        self.with_state(|state, _| {
+        self.with_state(|state, now| {
             let Some(tr) = state.transition.clone() else {
                 return Err(errno(Errno::EINVAL));
             };
@@ -701,7 +732,7 @@ impl Kernel for SimKernel {
             if !state.modules.contains_key(name) {
                 return Err(errno(Errno::ENOENT));
             }
-            state.finish_transition(&tr);
+            state.finish_transition(&tr, now);
             Ok(())
         })
     }
@@ -773,6 +804,7 @@ impl Kernel for SimKernel {
                 replace: spec.replace,
                 objects: spec.objects.clone(),
                 transition_ms: spec.transition_ms.unwrap_or(DEFAULT_TRANSITION_MS),
+                freed_at_ms: None,
             });
             state.modules.insert(
                 info.name.clone(),
@@ -1070,6 +1102,12 @@ mod tests {
         k.load_module(Path::new("x"), &module("c", "r", &spec("f", 5, true)))
             .unwrap();
         std::thread::sleep(Duration::from_millis(10));
+        // Like the kernel: the replaced patch is disabled at once and freed a moment later.
+        let a = k.patch("a").unwrap().expect("not freed yet");
+        assert!(!a.enabled && !a.transition);
+        assert_eq!(k.loaded_module("a").unwrap().unwrap().refcnt, 1);
+        assert!(k.unload_module("a").is_err(), "still held by its patch");
+        std::thread::sleep(Duration::from_millis(REPLACED_PATCH_FREE_MS + 10));
         assert_eq!(k.patch_names().unwrap(), vec!["c"]);
         let a = k.loaded_module("a").unwrap().unwrap();
         assert_eq!(a.refcnt, 0);
