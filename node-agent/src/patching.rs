@@ -1425,13 +1425,10 @@ impl<'k> Patcher<'k> {
                 .kernel
                 .patch_names()
                 .map_err(|e| AgentError::kernel("listing /sys/kernel/livepatch", e))?;
-            let mut leaving = None;
-            for name in names {
-                if matches!(self.read_patch(&name)?, Some(p) if !p.enabled && !p.transition) {
-                    leaving = Some(name);
-                    break;
-                }
-            }
+            // Two attribute reads a patch, not the whole directory.
+            let leaving = names.into_iter().find(|name| {
+                matches!(self.kernel.patch_progress(name), Ok(Some(p)) if !p.enabled && !p.transition)
+            });
             let Some(name) = leaving else { return Ok(()) };
             if Instant::now() >= until {
                 tracing::info!(patch = %name, "a disabled patch is still registered; its module stays loaded");
