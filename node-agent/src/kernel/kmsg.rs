@@ -6,7 +6,7 @@
 //! Log text is not an ABI: a record is only a reason to look at sysfs again.
 //! Missing, unreadable or overrun (EPIPE) logs degrade to polling.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -62,15 +62,24 @@ pub fn livepatch_event(message: &str) -> Option<LivepatchEvent> {
     }
 }
 
-/// Blocks in poll() on `/dev/kmsg`, positioned at its end so old records do not wake us.
+/// `/dev/kmsg` opened non-blocking at its end: it reads only records logged
+/// from now on.
 #[derive(Debug)]
-pub struct KmsgHints {
+pub struct KmsgTail {
     fd: OwnedFd,
     buf: Vec<u8>,
-    last_event: Option<(KmsgRecord, LivepatchEvent)>,
 }
 
-impl KmsgHints {
+/// What one [`KmsgTail::drain`] read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Reads that returned a record or an overrun.
+    pub reads: usize,
+    /// Overruns (EPIPE): records the kernel dropped before we read them.
+    pub lost: usize,
+}
+
+impl KmsgTail {
     pub fn open(path: &Path) -> nix::Result<Self> {
         let fd = open(
             path,
@@ -78,42 +87,72 @@ impl KmsgHints {
             Mode::empty(),
         )?;
         lseek(fd.as_fd(), 0, Whence::SeekEnd)?;
-        // Prove it is readable now rather than failing on the first wait.
-        let mut hints = Self {
+        Ok(Self {
             fd,
             buf: vec![0; 8192],
+        })
+    }
+
+    /// For poll().
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Reads every pending record, handing each one that parses to `each`.
+    pub fn drain(&mut self, mut each: impl FnMut(KmsgRecord)) -> nix::Result<Drained> {
+        let mut drained = Drained::default();
+        loop {
+            match read(self.fd.as_fd(), &mut self.buf) {
+                Ok(0) | Err(Errno::EAGAIN) => return Ok(drained),
+                Ok(n) => {
+                    drained.reads += 1;
+                    if let Some(record) = parse_record(&self.buf[..n]) {
+                        each(record);
+                    }
+                }
+                // Overrun: the next read continues with the oldest record kept.
+                Err(Errno::EPIPE) => {
+                    drained.reads += 1;
+                    drained.lost += 1;
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Blocks in poll() on `/dev/kmsg`, positioned at its end so old records do not wake us.
+#[derive(Debug)]
+pub struct KmsgHints {
+    tail: KmsgTail,
+    last_event: Option<(KmsgRecord, LivepatchEvent)>,
+}
+
+impl KmsgHints {
+    pub fn open(path: &Path) -> nix::Result<Self> {
+        // Prove it is readable now rather than failing on the first wait.
+        let mut hints = Self {
+            tail: KmsgTail::open(path)?,
             last_event: None,
         };
         hints.drain()?;
         Ok(hints)
     }
 
-    /// The last livepatch completion record seen, with its kernel timestamp.
     pub fn last_event(&self) -> Option<&(KmsgRecord, LivepatchEvent)> {
         self.last_event.as_ref()
     }
 
     /// Reads every pending record; returns how many were read.
     fn drain(&mut self) -> nix::Result<usize> {
-        let mut count = 0;
-        loop {
-            match read(self.fd.as_fd(), &mut self.buf) {
-                Ok(0) => return Ok(count),
-                Ok(n) => {
-                    count += 1;
-                    if let Some(record) = parse_record(&self.buf[..n])
-                        && let Some(event) = livepatch_event(&record.message)
-                    {
-                        self.last_event = Some((record, event));
-                    }
-                }
-                // Overrun: records were lost; the next read continues with the oldest kept one.
-                Err(Errno::EPIPE) => count += 1,
-                Err(Errno::EAGAIN) => return Ok(count),
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(e),
+        let last_event = &mut self.last_event;
+        let drained = self.tail.drain(|record| {
+            if let Some(event) = livepatch_event(&record.message) {
+                *last_event = Some((record, event));
             }
-        }
+        })?;
+        Ok(drained.reads)
     }
 }
 
@@ -126,7 +165,7 @@ impl TransitionHints for KmsgHints {
         } else {
             millis
         };
-        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(self.tail.fd(), PollFlags::POLLIN)];
         let timeout = PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, timeout) {
             Ok(0) => false,
@@ -215,8 +254,10 @@ mod tests {
         // on a FIFO (ESPIPE), so build the waiter by hand.
         let fd = open(&fifo, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()).unwrap();
         let mut hints = KmsgHints {
-            fd,
-            buf: vec![0; 1024],
+            tail: KmsgTail {
+                fd,
+                buf: vec![0; 1024],
+            },
             last_event: None,
         };
         let woke = hints.wait(Duration::from_secs(5));

@@ -9,16 +9,11 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
-use graft_agent::kernel::kmsg::{KmsgRecord, LivepatchEvent, livepatch_event, parse_record};
-use nix::errno::Errno;
-use nix::fcntl::{OFlag, open};
+use graft_agent::kernel::kmsg::{KmsgRecord, KmsgTail, LivepatchEvent, livepatch_event};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::stat::Mode;
-use nix::unistd::{Whence, lseek, read};
 
 use crate::clock::mono_ns;
 
@@ -60,11 +55,11 @@ pub fn transition_log(message: &str) -> Option<TransitionLog> {
     })
 }
 
-/// A non-blocking reader positioned at the end of the log.
+/// A non-blocking reader positioned at the end of the log (the agent's
+/// [`KmsgTail`]), which also writes the alignment markers.
 #[derive(Debug)]
 pub struct KmsgReader {
-    fd: OwnedFd,
-    buf: Vec<u8>,
+    tail: KmsgTail,
     path: std::path::PathBuf,
     /// Records lost to overruns (EPIPE).
     pub lost: u64,
@@ -72,42 +67,29 @@ pub struct KmsgReader {
 
 impl KmsgReader {
     pub fn open(path: &Path) -> io::Result<Self> {
-        let fd = open(
-            path,
-            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
-        lseek(fd.as_fd(), 0, Whence::SeekEnd)?;
         Ok(Self {
-            fd,
-            buf: vec![0; 8192],
+            tail: KmsgTail::open(path)?,
             path: path.to_path_buf(),
             lost: 0,
         })
     }
 
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.tail.fd()
     }
 
     /// Every record written since the last call.
     pub fn drain(&mut self) -> io::Result<Vec<KmsgRecord>> {
         let mut records = Vec::new();
-        loop {
-            match read(self.fd.as_fd(), &mut self.buf) {
-                Ok(0) | Err(Errno::EAGAIN) => return Ok(records),
-                Ok(n) => records.extend(parse_record(&self.buf[..n])),
-                Err(Errno::EPIPE) => self.lost += 1,
-                Err(Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let drained = self.tail.drain(|r| records.push(r))?;
+        self.lost += drained.lost as u64;
+        Ok(records)
     }
 
     /// Blocks until a record arrives or `timeout` passes; true when readable.
     pub fn wait(&self, timeout: Duration) -> bool {
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(self.tail.fd(), PollFlags::POLLIN)];
         matches!(poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)), Ok(n) if n > 0)
     }
 
