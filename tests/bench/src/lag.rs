@@ -672,7 +672,7 @@ impl LagBench {
         };
         row.lag_ms = Some(rel(noticed) - end_ms);
         row.exit_lag_ms = Some(rel(exited.at_ns) - end_ms);
-        row.set_shares();
+        // The ratios and CPU shares follow from these times: `graft-bench report` derives them.
         if self.kmsg.lost > 0 {
             row.note = format!("{} kernel log records lost so far", self.kmsg.lost);
         }
