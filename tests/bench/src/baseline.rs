@@ -59,15 +59,7 @@ impl Poller {
         nix::kmod::finit_module(&file, &params, nix::kmod::ModuleInitFlags::empty())
             .map_err(|e| anyhow::anyhow!("finit_module {}: {e}", module.display()))?;
         let return_ns = mono_ns();
-        let (notice_ns, polls, poll_cpu_ns, poll_wall_ns) = self.poll(name, true)?;
-        Ok(BaselineReport {
-            call_ns,
-            return_ns,
-            notice_ns,
-            polls,
-            poll_cpu_ns,
-            poll_wall_ns,
-        })
+        self.poll(name, true, call_ns, return_ns)
     }
 
     pub fn revert(&self, name: &str) -> anyhow::Result<BaselineReport> {
@@ -76,7 +68,7 @@ impl Poller {
         fs::write(dir.join("enabled"), "0")
             .map_err(|e| anyhow::anyhow!("writing {}/enabled: {e}", dir.display()))?;
         let return_ns = mono_ns();
-        let (notice_ns, polls, poll_cpu_ns, poll_wall_ns) = self.poll(name, false)?;
+        let report = self.poll(name, false, call_ns, return_ns)?;
         while dir.exists() {
             self.check_deadline("the patch directory to go")?;
             std::thread::sleep(Duration::from_millis(10));
@@ -92,14 +84,7 @@ impl Poller {
                 Err(e) => anyhow::bail!("delete_module {name}: {e}"),
             }
         }
-        Ok(BaselineReport {
-            call_ns,
-            return_ns,
-            notice_ns,
-            polls,
-            poll_cpu_ns,
-            poll_wall_ns,
-        })
+        Ok(report)
     }
 
     fn check_deadline(&self, what: &str) -> anyhow::Result<()> {
@@ -111,7 +96,15 @@ impl Poller {
 
     /// Reads `transition` now and every interval until it says 0; returns
     /// (notice time, reads, CPU ns, wall ns).
-    fn poll(&self, name: &str, patching: bool) -> anyhow::Result<(i64, u64, u64, u64)> {
+    /// Polls `transition` until the transition is over; the report of a call
+    /// made at `call_ns` that returned at `return_ns`.
+    fn poll(
+        &self,
+        name: &str,
+        patching: bool,
+        call_ns: i64,
+        return_ns: i64,
+    ) -> anyhow::Result<BaselineReport> {
         let path = self.patch_dir(name).join("transition");
         let cpu0 = schedstat_ns("/proc/thread-self/schedstat").unwrap_or(0);
         let t0 = mono_ns();
@@ -131,12 +124,14 @@ impl Poller {
         }
         let notice = mono_ns();
         let cpu1 = schedstat_ns("/proc/thread-self/schedstat").unwrap_or(0);
-        Ok((
-            notice,
+        Ok(BaselineReport {
+            call_ns,
+            return_ns,
+            notice_ns: notice,
             polls,
-            cpu1.saturating_sub(cpu0),
-            (notice - t0).max(0) as u64,
-        ))
+            poll_cpu_ns: cpu1.saturating_sub(cpu0),
+            poll_wall_ns: (notice - t0).max(0) as u64,
+        })
     }
 }
 
@@ -165,11 +160,12 @@ mod tests {
             Duration::from_millis(50),
             Duration::from_secs(10),
         );
-        let (notice, polls, _, wall) = poller.poll("p", true).unwrap();
+        let report = poller.poll("p", true, 1, 2).unwrap();
         let flipped = flipper.join().unwrap();
-        assert!(notice >= flipped);
-        assert!(polls >= 2, "{polls} polls");
-        assert!(wall >= 100_000_000);
+        assert!(report.notice_ns >= flipped);
+        assert!(report.polls >= 2, "{} polls", report.polls);
+        assert!(report.poll_wall_ns >= 100_000_000);
+        assert_eq!((report.call_ns, report.return_ns), (1, 2));
     }
 
     #[test]
@@ -180,8 +176,7 @@ mod tests {
             Duration::from_millis(1),
             Duration::from_secs(5),
         );
-        let (_, polls, _, _) = poller.poll("gone", false).unwrap();
-        assert_eq!(polls, 1);
-        assert!(poller.poll("gone", true).is_err());
+        assert_eq!(poller.poll("gone", false, 0, 0).unwrap().polls, 1);
+        assert!(poller.poll("gone", true, 0, 0).is_err());
     }
 }
