@@ -14,6 +14,21 @@ cd "$ROOT"
 
 ALL_STAGES=(lint unit fuzz ansible helm prometheus vm bench e2e)
 
+# Incremental state is only worth its disk on a developer's edit-compile loop.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
+# A full disk fails every later stage with the same confusing ENOSPC, so say
+# up front when the run is unlikely to fit (a whole run needs about 5 GiB).
+warn_if_disk_is_short() {
+    local dir="${CARGO_TARGET_DIR:-$ROOT/target}" free_kib
+    mkdir -p "$dir" 2>/dev/null || dir="$ROOT"
+    free_kib=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+    if [ "${free_kib:-0}" -lt $((5 * 1024 * 1024)) ]; then
+        echo "warning: only $((free_kib / 1024)) MiB free under $dir; a whole run needs about 5 GiB" \
+            "(free space, or point CARGO_TARGET_DIR at a larger disk)" >&2
+    fi
+}
+
 stage_lint() {
     cargo fmt --all -- --check &&
         cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -33,6 +48,7 @@ stage_e2e() { tests/e2e/run.sh; }
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=("${ALL_STAGES[@]}")
 
+warn_if_disk_is_short
 passed=0 failed=0 summary=()
 for stage in "${stages[@]}"; do
     if ! declare -F "stage_$stage" >/dev/null; then
