@@ -151,6 +151,20 @@ fn parse_opt(s: &str) -> Result<Option<f64>, String> {
 }
 
 impl Row {
+    /// Whether the printk/monotonic offset held still over the trial. When it
+    /// moved, nobody knows when: the kernel's start and end, and so the lag,
+    /// the transition time and the window of the CPU share, may be off by
+    /// the whole move.
+    pub fn clock_steady(&self) -> bool {
+        self.drift_us.is_none_or(|d| d.abs() <= CLOCK_STEADY_US)
+    }
+
+    /// A trial that ran and whose times can be trusted: the only kind the
+    /// medians, ratios and checks use.
+    pub fn measured(&self) -> bool {
+        self.ok && self.clock_steady()
+    }
+
     /// The shares a setting is judged by, for transitions that went past the
     /// kernel's first attempt: wall time over the kernel's transition and over
     /// its whole work, and CPU over the wait. A transition finished inside
@@ -281,11 +295,12 @@ pub struct LagConfig {
     pub max_rounds: u32,
 }
 
-/// Whether every operation of graft-agent has `min` trials past the kernel's first attempt.
+/// Whether every operation of graft-agent has `min` measured trials past the
+/// kernel's first attempt.
 pub fn enough_judged(rows: &[Row], min: usize) -> bool {
     [Op::Apply, Op::Revert].iter().all(|op| {
         rows.iter()
-            .filter(|r| r.ok && r.setting == Setting::Agent.name() && r.op == op.name())
+            .filter(|r| r.measured() && r.setting == Setting::Agent.name() && r.op == op.name())
             .filter(|r| r.kernel_ms.is_some_and(|k| k >= FIRST_ATTEMPT_MS))
             .count()
             >= min
@@ -298,6 +313,12 @@ pub fn enough_judged(rows: &[Row], min: usize) -> bool {
 /// not how a setting follows a transition, so it is left out of the ratios
 /// (the rows keep the times).
 pub const FIRST_ATTEMPT_MS: f64 = 100.0;
+
+/// How far the printk clock may move against CLOCK_MONOTONIC over a trial
+/// (µs) for the kernel's records to be placed on the trial's clock. The
+/// alignment itself is good to ~30 µs; under qemu's TCG the offset now and
+/// then jumps by tens of milliseconds.
+pub const CLOCK_STEADY_US: f64 = 100.0;
 
 /// When the child exited (CLOCK_MONOTONIC ns) and what it printed.
 struct Exited {
@@ -844,11 +865,20 @@ mod tests {
             setting: "poll-1s".into(),
             ..trial("apply", 1400.0)
         });
-        rows.push(trial("revert", 1500.0));
+        rows.push(Row {
+            drift_us: Some(-42_404.5),
+            ..trial("revert", 1500.0)
+        });
         assert!(
             !enough_judged(&rows, 2),
-            "failed and other settings' trials do not count"
+            "failed, clock-moved and other settings' trials do not count"
         );
+        rows.push(Row {
+            drift_us: Some(-2.0),
+            ..trial("revert", 1500.0)
+        });
+        rows.push(trial("apply", 1400.0));
+        assert!(enough_judged(&rows, 2));
         assert!(enough_judged(&[], 0));
     }
 
