@@ -18,13 +18,13 @@ ALL_STAGES=(lint unit fuzz ansible helm prometheus vm bench e2e)
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # A full disk fails every later stage with the same confusing ENOSPC, so say
-# up front when the run is unlikely to fit (a whole run needs about 5 GiB).
+# up front when the run is unlikely to fit (a whole run peaks at about 4 GiB).
 warn_if_disk_is_short() {
     local dir="${CARGO_TARGET_DIR:-$ROOT/target}" free_kib
     mkdir -p "$dir" 2>/dev/null || dir="$ROOT"
     free_kib=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
     if [ "${free_kib:-0}" -lt $((5 * 1024 * 1024)) ]; then
-        echo "warning: only $((free_kib / 1024)) MiB free under $dir; a whole run needs about 5 GiB" \
+        echo "warning: only $((free_kib / 1024)) MiB free under $dir; a whole run needs about 4 GiB" \
             "(free space, or point CARGO_TARGET_DIR at a larger disk)" >&2
     fi
 }
