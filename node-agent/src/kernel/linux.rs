@@ -10,7 +10,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-pub use super::proc_scan::scan_patch_states;
+use super::proc_scan::scan_patch_states;
 use super::{
     Kernel, KernelKind, KernelResult, LoadedModule, PatchProgress, PatchSysfs, PatchedFunction,
     PatchedObject, ProgressReader, TaskPatchState, TransitionHints, kmsg::KmsgHints,
