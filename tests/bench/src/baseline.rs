@@ -94,10 +94,8 @@ impl Poller {
         Ok(())
     }
 
-    /// Reads `transition` now and every interval until it says 0; returns
-    /// (notice time, reads, CPU ns, wall ns).
-    /// Polls `transition` until the transition is over; the report of a call
-    /// made at `call_ns` that returned at `return_ns`.
+    /// Reads `transition` now and every interval until it says 0; the report
+    /// of a call made at `call_ns` that returned at `return_ns`.
     fn poll(
         &self,
         name: &str,

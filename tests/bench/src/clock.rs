@@ -12,6 +12,11 @@ pub fn mono_ns() -> i64 {
     read(ClockId::CLOCK_MONOTONIC)
 }
 
+/// CPU time of the whole process (every thread, finished ones too), ns.
+pub fn process_cpu_ns() -> u64 {
+    read(ClockId::CLOCK_PROCESS_CPUTIME_ID) as u64
+}
+
 /// CLOCK_REALTIME, ns since the epoch.
 pub fn real_ns() -> i64 {
     read(ClockId::CLOCK_REALTIME)

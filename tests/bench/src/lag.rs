@@ -165,6 +165,12 @@ impl Row {
         self.ok && self.clock_steady()
     }
 
+    /// Whether the kernel's transition went past its first attempt (see
+    /// [`FIRST_ATTEMPT_MS`]); `false` when no transition time was seen.
+    pub fn past_first_attempt(&self) -> bool {
+        self.kernel_ms.is_some_and(|k| k >= FIRST_ATTEMPT_MS)
+    }
+
     /// The shares a setting is judged by, for transitions that went past the
     /// kernel's first attempt: wall time over the kernel's transition and over
     /// its whole work, and CPU over the wait. A transition finished inside
@@ -172,7 +178,7 @@ impl Row {
     /// would be the kernel's own work in the caller's context (up to 200 %).
     pub fn set_shares(&mut self) {
         (self.wall_ratio, self.work_ratio, self.cpu_wait_pct) = (None, None, None);
-        if !self.kernel_ms.is_some_and(|k| k >= FIRST_ATTEMPT_MS) {
+        if !self.past_first_attempt() {
             return;
         }
         if let Some(wall) = self.wall_ms {
@@ -301,7 +307,7 @@ pub fn enough_judged(rows: &[Row], min: usize) -> bool {
     [Op::Apply, Op::Revert].iter().all(|op| {
         rows.iter()
             .filter(|r| r.measured() && r.setting == Setting::Agent.name() && r.op == op.name())
-            .filter(|r| r.kernel_ms.is_some_and(|k| k >= FIRST_ATTEMPT_MS))
+            .filter(|r| r.past_first_attempt())
             .count()
             >= min
     })

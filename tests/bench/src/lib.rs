@@ -226,6 +226,8 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
                 );
                 println!("{}{}", report::CSV_PREFIX, r.to_csv());
             });
+            // Overrides the configured count printed above, which stands
+            // when the guest dies part-way.
             println!(
                 "{}rounds {}",
                 report::FACT_PREFIX,

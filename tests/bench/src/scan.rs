@@ -20,6 +20,7 @@ use graft_agent::patching::MAX_BLOCKING_REPORTED;
 use graft_agent::tasks::{census, describe_blockers};
 use serde::Serialize;
 
+use crate::clock::process_cpu_ns;
 use crate::stats::Summary;
 
 /// Threads per process, cycling: 10,000 threads make 3,334 processes.
@@ -169,12 +170,6 @@ pub fn real_proc_reference(runs: usize) -> (usize, f64) {
         threads,
         Summary::of(&per_task).map_or(f64::NAN, |s| s.median),
     )
-}
-
-/// CPU time of the whole process (every thread, finished ones too), ns.
-fn process_cpu_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
-        .map_or(0, |ts| (ts.tv_sec() * 1_000_000_000 + ts.tv_nsec()) as u64)
 }
 
 /// Whether `dir` is on a tmpfs.
